@@ -1,0 +1,164 @@
+"""Typed Lookbook settings, read once from `LOOKBOOK_*` environment variables into a frozen object.
+
+A bad or unknown variable fails at start with a message that names it and says what to set instead.
+"""
+
+from __future__ import annotations
+
+import os
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any
+
+from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+PREFIX = "LOOKBOOK_"
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+class Mode(StrEnum):
+    """How the library tasks run: in the serving process, or on Celery workers over Redis."""
+
+    EMBEDDED = "embedded"
+    SCALE_OUT = "scale-out"
+
+
+class SettingsError(ValueError):
+    """A setting is missing, malformed or inconsistent; the message names the variable."""
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix=PREFIX, frozen=True, extra="forbid", case_sensitive=False)
+
+    # --- where things live
+    data_dir: Path = Field(REPO_ROOT / "var", description="Library store, look images, jobs, editors.")
+    models_dir: Path = Field(
+        REPO_ROOT / "shared" / "models" / "artifacts", description="Trained heads with their manifests."
+    )
+    demo_dir: Path = Field(REPO_ROOT / "demo", description="The bundled demo library (looks.json + images).")
+    mode: Mode = Field(Mode.EMBEDDED, description="embedded: one process; scale-out: Celery on Redis.")
+
+    # --- network
+    host: str = Field("127.0.0.1", description="Interface every server binds.")
+    gateway_port: int = Field(50051, ge=0, le=65535)
+    vision_port: int = Field(50052, ge=0, le=65535)
+    curation_port: int = Field(50053, ge=0, le=65535)
+    http_port: int = Field(8080, ge=0, le=65535, description="Look images, crops and the editor console.")
+    public_url: str = Field("", description="Base URL the app fetches images from; default http://HOST:HTTP_PORT.")
+    vision_addr: str = Field("", description="host:port of a remote vision service; empty runs it in-process.")
+    grpc_max_message_bytes: int = Field(32 * 2**20, ge=2**20, description="Hard gRPC transport limit.")
+    grpc_workers: int = Field(8, ge=1, le=256, description="Concurrent RPCs handled per server.")
+    shutdown_grace_s: float = Field(10.0, ge=0, le=300, description="SIGTERM drain time for in-flight RPCs.")
+    vision_timeout_s: float = Field(10.0, gt=0, le=300, description="Deadline of a gateway->vision call.")
+    tls_cert: Path | None = Field(None, description="PEM certificate; with TLS_KEY, gRPC runs over TLS.")
+    tls_key: Path | None = None
+    api_keys: Annotated[tuple[str, ...], NoDecode] = Field(
+        (), description="Comma-separated keys accepted in `x-api-key` metadata; empty disables the check."
+    )
+    rate_limit_per_minute: int = Field(600, ge=1, description="Requests per minute per API key.")
+
+    # --- images
+    max_image_bytes: int = Field(10 * 2**20, ge=1024, description="Largest accepted image file.")
+    max_image_pixels: int = Field(40_000_000, ge=10_000, description="Largest accepted width x height.")
+    min_image_side: int = Field(32, ge=1, description="Smallest accepted width or height in pixels.")
+
+    # --- matching
+    default_limit: int = Field(10, ge=1, le=1000)
+    max_limit: int = Field(50, ge=1, le=1000)
+    min_quality: float = Field(0.0, ge=0.0, le=1.0, description="Looks below this quality are never matched.")
+    candidate_pool: int = Field(100, ge=1, le=10_000, description="Candidates per path before fusion/diversity.")
+    featured_boost: float = Field(0.05, ge=0.0, le=1.0, description="Added to the blended score of featured looks.")
+    detect_min_confidence: float = Field(0.3, ge=0.0, le=1.0, description="Garments below this are not found.")
+
+    # --- vector store
+    qdrant_url: str = Field("", description="Qdrant server URL; empty uses the embedded Qdrant Edge shard.")
+    qdrant_api_key: str = ""
+    qdrant_timeout_s: float = Field(10.0, gt=0)
+    collection: str = Field("looks", description="Alias the versioned look collections are reached through.")
+    shard_number: int = Field(1, ge=1, le=1024)
+    replication_factor: int = Field(1, ge=1, le=16)
+    write_consistency_factor: int = Field(1, ge=1, le=16)
+    read_consistency: str = Field("1", description="Qdrant read consistency: a number, 'majority', 'quorum' or 'all'.")
+    hnsw_m: int = Field(16, ge=4, le=128)
+    hnsw_ef_construct: int = Field(128, ge=8, le=2048)
+    hnsw_ef: int = Field(128, ge=8, le=4096, description="Search-time HNSW beam width.")
+
+    # --- queues
+    redis_url: str = Field("", description="Celery broker and result backend; required in scale-out mode.")
+    refresh_sources: Annotated[tuple[str, ...], NoDecode] = Field(
+        (), description="Comma-separated directories or manifests the beat schedule refreshes."
+    )
+    refresh_interval_s: float = Field(3600.0, ge=10)
+    auto_approve_quality: float = Field(
+        0.9, ge=0.0, le=1.0, description="Imports scoring at least this are approved; 1.0 keeps all pending."
+    )
+
+    # --- process
+    torch_threads: int = Field(0, ge=0, le=256, description="Threads per model; 0 uses every core.")
+    log_level: str = Field("INFO", pattern="^(DEBUG|INFO|WARNING|ERROR)$")
+
+    @field_validator("api_keys", "refresh_sources", mode="before")
+    @classmethod
+    def _split_commas(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return tuple(v.strip() for v in value.split(",") if v.strip())
+        return value
+
+    @field_validator("qdrant_url", "vision_addr", "redis_url", "public_url")
+    @classmethod
+    def _strip(cls, value: str) -> str:
+        return value.strip()
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Settings:
+        if self.default_limit > self.max_limit:
+            raise ValueError("LOOKBOOK_DEFAULT_LIMIT must not exceed LOOKBOOK_MAX_LIMIT")
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("set both LOOKBOOK_TLS_CERT and LOOKBOOK_TLS_KEY, or neither")
+        if self.mode is Mode.SCALE_OUT and not self.redis_url:
+            raise ValueError(
+                "LOOKBOOK_REDIS_URL is required when LOOKBOOK_MODE=scale-out "
+                "(or set LOOKBOOK_MODE=embedded to run library tasks in-process)"
+            )
+        return self
+
+    @property
+    def base_url(self) -> str:
+        return (self.public_url or f"http://{self.host}:{self.http_port}").rstrip("/")
+
+    @property
+    def store_dir(self) -> Path:
+        return self.data_dir / "store"
+
+    @property
+    def images_dir(self) -> Path:
+        return self.data_dir / "images"
+
+
+def _describe(error: ValidationError) -> str:
+    lines = []
+    for item in error.errors():
+        loc = [str(part) for part in item["loc"]]
+        name = PREFIX + loc[0].upper() if loc else "a LOOKBOOK_* variable"
+        value = os.environ.get(name)
+        shown = f" (got {value!r})" if value is not None else ""
+        if not loc:
+            lines.append(f"invalid settings: {item['msg'].removeprefix('Value error, ')}")
+        else:
+            lines.append(f"{name}{shown}: {item['msg']}; fix or unset it (see the README's configuration table)")
+    return "\n".join(lines)
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Reads the environment once; raises SettingsError naming the first bad variable."""
+    known = {PREFIX + name.upper() for name in Settings.model_fields}
+    unknown = sorted(k for k in os.environ if k.upper().startswith(PREFIX) and k.upper() not in known)
+    if unknown:
+        raise SettingsError(
+            f"unknown setting {', '.join(unknown)}: check the spelling against the README's configuration table"
+        )
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        raise SettingsError(_describe(exc)) from None
