@@ -11,11 +11,7 @@ import importlib
 import click
 
 # Modules that add commands: each defines `register(main: click.Group) -> None`.
-COMMAND_MODULES = [
-    "services.commands.serve",
-    "services.commands.library",
-    "services.commands.match",
-    "services.commands.bench",
+COMMAND_MODULES: list[str] = [
 ]
 
 
