@@ -97,6 +97,10 @@ class Settings(BaseSettings):
     # --- process
     torch_threads: int = Field(0, ge=0, le=256, description="Threads per model; 0 uses every core.")
     log_level: str = Field("INFO", pattern="^(DEBUG|INFO|WARNING|ERROR)$")
+    metrics_port: int = Field(0, ge=0, le=65535, description="Prometheus /metrics port of this process; 0 disables.")
+    otel_endpoint: str = Field(
+        "", description="OTLP gRPC endpoint for traces (needs the opentelemetry packages); empty disables tracing."
+    )
 
     @field_validator("api_keys", "refresh_sources", mode="before")
     @classmethod
