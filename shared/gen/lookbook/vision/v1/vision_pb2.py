@@ -25,27 +25,27 @@ _sym_db = _symbol_database.Default()
 from lookbook.common.v1 import garment_pb2 as lookbook_dot_common_dot_v1_dot_garment__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1flookbook/vision/v1/vision.proto\x12\x12lookbook.vision.v1\x1a lookbook/common/v1/garment.proto\"j\n\x0e\x41nalyzeRequest\x12\r\n\x05image\x18\x01 \x01(\x0c\x12\x14\n\x0cwant_quality\x18\x02 \x01(\x08\x12\x33\n\x0eknown_garments\x18\x03 \x03(\x0b\x32\x1b.lookbook.common.v1.Garment\")\n\x07Quality\x12\r\n\x05score\x18\x01 \x01(\x02\x12\x0f\n\x07reasons\x18\x02 \x03(\t\"\xa4\x01\n\x0f\x41nalyzeResponse\x12-\n\x08garments\x18\x01 \x03(\x0b\x32\x1b.lookbook.common.v1.Garment\x12,\n\x07quality\x18\x02 \x01(\x0b\x32\x1b.lookbook.vision.v1.Quality\x12\x15\n\rmodel_version\x18\x03 \x01(\t\x12\r\n\x05width\x18\x04 \x01(\x05\x12\x0e\n\x06height\x18\x05 \x01(\x05\"K\n\x13\x41nalyzeBatchRequest\x12\x34\n\x08requests\x18\x01 \x03(\x0b\x32\".lookbook.vision.v1.AnalyzeRequest\"\x85\x01\n\rAnalyzeResult\x12\x37\n\x08response\x18\x01 \x01(\x0b\x32#.lookbook.vision.v1.AnalyzeResponseH\x00\x12\x31\n\x05\x65rror\x18\x02 \x01(\x0b\x32 .lookbook.vision.v1.AnalyzeErrorH\x00\x42\x08\n\x06result\"-\n\x0c\x41nalyzeError\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\"J\n\x14\x41nalyzeBatchResponse\x12\x32\n\x07results\x18\x01 \x03(\x0b\x32!.lookbook.vision.v1.AnalyzeResult2\xc6\x01\n\rVisionService\x12R\n\x07\x41nalyze\x12\".lookbook.vision.v1.AnalyzeRequest\x1a#.lookbook.vision.v1.AnalyzeResponse\x12\x61\n\x0c\x41nalyzeBatch\x12\'.lookbook.vision.v1.AnalyzeBatchRequest\x1a(.lookbook.vision.v1.AnalyzeBatchResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1flookbook/vision/v1/vision.proto\x12\x12lookbook.vision.v1\x1a lookbook/common/v1/garment.proto\"\xb6\x01\n\x0e\x41nalyzeRequest\x12\r\n\x05image\x18\x01 \x01(\x0c\x12\x14\n\x0cwant_quality\x18\x02 \x01(\x08\x12\x33\n\x0eknown_garments\x18\x03 \x03(\x0b\x32\x1b.lookbook.common.v1.Garment\x12\x16\n\x0esingle_garment\x18\x04 \x01(\x08\x12\x32\n\tkind_hint\x18\x05 \x01(\x0e\x32\x1f.lookbook.common.v1.GarmentKind\")\n\x07Quality\x12\r\n\x05score\x18\x01 \x01(\x02\x12\x0f\n\x07reasons\x18\x02 \x03(\t\"\xa4\x01\n\x0f\x41nalyzeResponse\x12-\n\x08garments\x18\x01 \x03(\x0b\x32\x1b.lookbook.common.v1.Garment\x12,\n\x07quality\x18\x02 \x01(\x0b\x32\x1b.lookbook.vision.v1.Quality\x12\x15\n\rmodel_version\x18\x03 \x01(\t\x12\r\n\x05width\x18\x04 \x01(\x05\x12\x0e\n\x06height\x18\x05 \x01(\x05\"K\n\x13\x41nalyzeBatchRequest\x12\x34\n\x08requests\x18\x01 \x03(\x0b\x32\".lookbook.vision.v1.AnalyzeRequest\"\x85\x01\n\rAnalyzeResult\x12\x37\n\x08response\x18\x01 \x01(\x0b\x32#.lookbook.vision.v1.AnalyzeResponseH\x00\x12\x31\n\x05\x65rror\x18\x02 \x01(\x0b\x32 .lookbook.vision.v1.AnalyzeErrorH\x00\x42\x08\n\x06result\"-\n\x0c\x41nalyzeError\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\"J\n\x14\x41nalyzeBatchResponse\x12\x32\n\x07results\x18\x01 \x03(\x0b\x32!.lookbook.vision.v1.AnalyzeResult2\xc6\x01\n\rVisionService\x12R\n\x07\x41nalyze\x12\".lookbook.vision.v1.AnalyzeRequest\x1a#.lookbook.vision.v1.AnalyzeResponse\x12\x61\n\x0c\x41nalyzeBatch\x12\'.lookbook.vision.v1.AnalyzeBatchRequest\x1a(.lookbook.vision.v1.AnalyzeBatchResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'lookbook.vision.v1.vision_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_ANALYZEREQUEST']._serialized_start=89
-  _globals['_ANALYZEREQUEST']._serialized_end=195
-  _globals['_QUALITY']._serialized_start=197
-  _globals['_QUALITY']._serialized_end=238
-  _globals['_ANALYZERESPONSE']._serialized_start=241
-  _globals['_ANALYZERESPONSE']._serialized_end=405
-  _globals['_ANALYZEBATCHREQUEST']._serialized_start=407
-  _globals['_ANALYZEBATCHREQUEST']._serialized_end=482
-  _globals['_ANALYZERESULT']._serialized_start=485
-  _globals['_ANALYZERESULT']._serialized_end=618
-  _globals['_ANALYZEERROR']._serialized_start=620
-  _globals['_ANALYZEERROR']._serialized_end=665
-  _globals['_ANALYZEBATCHRESPONSE']._serialized_start=667
-  _globals['_ANALYZEBATCHRESPONSE']._serialized_end=741
-  _globals['_VISIONSERVICE']._serialized_start=744
-  _globals['_VISIONSERVICE']._serialized_end=942
+  _globals['_ANALYZEREQUEST']._serialized_start=90
+  _globals['_ANALYZEREQUEST']._serialized_end=272
+  _globals['_QUALITY']._serialized_start=274
+  _globals['_QUALITY']._serialized_end=315
+  _globals['_ANALYZERESPONSE']._serialized_start=318
+  _globals['_ANALYZERESPONSE']._serialized_end=482
+  _globals['_ANALYZEBATCHREQUEST']._serialized_start=484
+  _globals['_ANALYZEBATCHREQUEST']._serialized_end=559
+  _globals['_ANALYZERESULT']._serialized_start=562
+  _globals['_ANALYZERESULT']._serialized_end=695
+  _globals['_ANALYZEERROR']._serialized_start=697
+  _globals['_ANALYZEERROR']._serialized_end=742
+  _globals['_ANALYZEBATCHRESPONSE']._serialized_start=744
+  _globals['_ANALYZEBATCHRESPONSE']._serialized_end=818
+  _globals['_VISIONSERVICE']._serialized_start=821
+  _globals['_VISIONSERVICE']._serialized_end=1019
 # @@protoc_insertion_point(module_scope)

@@ -26,10 +26,16 @@ class AnalyzeRequest(_message.Message):
     IMAGE_FIELD_NUMBER: _builtins.int
     WANT_QUALITY_FIELD_NUMBER: _builtins.int
     KNOWN_GARMENTS_FIELD_NUMBER: _builtins.int
+    SINGLE_GARMENT_FIELD_NUMBER: _builtins.int
+    KIND_HINT_FIELD_NUMBER: _builtins.int
     image: _builtins.bytes
     """JPEG, PNG or WebP bytes."""
     want_quality: _builtins.bool
     """Also score the photo as a library look (the low-quality filter)."""
+    single_garment: _builtins.bool
+    """The photo shows one garment to match (a shopper's query), not a whole look."""
+    kind_hint: _garment_pb2.GarmentKind.ValueType
+    """With single_garment: which garment to find; UNSPECIFIED lets the category head decide."""
     @_builtins.property
     def known_garments(self) -> _containers.RepeatedCompositeFieldContainer[_garment_pb2.Garment]:
         """Known garment boxes (for example from an editor): they replace detection for that kind."""
@@ -40,10 +46,12 @@ class AnalyzeRequest(_message.Message):
         image: _builtins.bytes = ...,
         want_quality: _builtins.bool = ...,
         known_garments: _abc.Iterable[_garment_pb2.Garment] | None = ...,
+        single_garment: _builtins.bool = ...,
+        kind_hint: _garment_pb2.GarmentKind.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["image", b"image", "known_garments", b"known_garments", "want_quality", b"want_quality"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["image", b"image", "kind_hint", b"kind_hint", "known_garments", b"known_garments", "single_garment", b"single_garment", "want_quality", b"want_quality"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
