@@ -94,6 +94,14 @@ class Settings(BaseSettings):
         0.9, ge=0.0, le=1.0, description="Imports scoring at least this are approved; 1.0 keeps all pending."
     )
 
+    # --- editors (curation)
+    editor_session_ttl_s: float = Field(
+        8 * 3600.0, ge=60, le=30 * 86400, description="Lifetime of an editor's console session or Login token."
+    )
+    editor_token_ttl_s: float = Field(
+        30 * 86400.0, ge=60, le=365 * 86400, description="Lifetime of a token made by `lookbook editors token`."
+    )
+
     # --- process
     torch_threads: int = Field(0, ge=0, le=256, description="Threads per model; 0 uses every core.")
     log_level: str = Field("INFO", pattern="^(DEBUG|INFO|WARNING|ERROR)$")
