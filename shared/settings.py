@@ -93,6 +93,18 @@ class Settings(BaseSettings):
     auto_approve_quality: float = Field(
         0.9, ge=0.0, le=1.0, description="Imports scoring at least this are approved; 1.0 keeps all pending."
     )
+    worker_concurrency: int = Field(1, ge=1, le=64, description="Worker processes per `python -m services.workers`.")
+    task_time_limit_s: float = Field(900.0, ge=10, le=86400, description="Hard time limit of one library task.")
+    visibility_timeout_s: float = Field(
+        3600.0, ge=20, le=7 * 86400,
+        description="Redis redelivers an unacknowledged task after this; must exceed LOOKBOOK_TASK_TIME_LIMIT_S.",
+    )
+    worker_max_memory_per_child_kb: int = Field(
+        3_000_000, ge=100_000, description="A worker process is replaced after a task leaves it above this RSS."
+    )
+    ingest_chunk_size: int = Field(8, ge=1, le=1000, description="Looks per ingestion task of a refresh.")
+    task_max_retries: int = Field(6, ge=0, le=100, description="Retries of a task after a transient fault.")
+    retry_backoff_max_s: float = Field(60.0, ge=1, le=3600, description="Longest wait between retries.")
 
     # --- editors (curation)
     editor_session_ttl_s: float = Field(
@@ -132,6 +144,11 @@ class Settings(BaseSettings):
             raise ValueError(
                 "LOOKBOOK_REDIS_URL is required when LOOKBOOK_MODE=scale-out "
                 "(or set LOOKBOOK_MODE=embedded to run library tasks in-process)"
+            )
+        if self.visibility_timeout_s <= self.task_time_limit_s:
+            raise ValueError(
+                "LOOKBOOK_VISIBILITY_TIMEOUT_S must exceed LOOKBOOK_TASK_TIME_LIMIT_S, or Redis redelivers "
+                "tasks that are still running"
             )
         return self
 
