@@ -611,7 +611,7 @@ def build_console_app(
     ledger: Ledger | None = None,
     jobs: ImportJobs | None = None,
 ) -> Starlette:
-    """The console as a starlette app, to mount at /console: `Mount("/console", app=build_console_app(...))`."""
+    """The console as a starlette app; mount it with `Mount("/console", app=build_console_app(...))`."""
     desk = CurationDesk(settings, store, ledger or Ledger.in_data_dir(settings.data_dir), jobs)
     return Starlette(routes=Console(settings, desk).routes())
 

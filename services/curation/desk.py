@@ -42,6 +42,9 @@ MAX_PAGE = 500
 MAX_TAGS = 50
 TAG = re.compile(r"^[a-z0-9][a-z0-9 _&'-]{0,47}$")
 MAX_REASON = 500
+# Why a look is bad, in the quality filter's words (shared/models/quality.py REASONS); a reason naming
+# them becomes a training label reason in `lookbook curation export-labels`.
+REJECT_REASONS: tuple[str, ...] = ("too_dark", "too_blurry", "low_resolution", "not_full_body", "not_a_look")
 
 
 class CurationInputError(ValueError):
@@ -283,6 +286,7 @@ class CurationDesk:
             after={**{k: getattr(after, k) for k in changes}, "version": after.version},
             reason=reason,
             request_id=request_id,
+            decision=(str(self.image_file(after)), after.status) if "status" in changes else None,
         )
         log.info(
             "look changed",

@@ -55,6 +55,15 @@ CREATE TABLE IF NOT EXISTS audit_events (
     reason TEXT NOT NULL DEFAULT '',
     request_id TEXT NOT NULL DEFAULT ''
 );
+-- The latest editor decision per look (a projection of the audit log), read by export-labels.
+CREATE TABLE IF NOT EXISTS decisions (
+    look_id TEXT PRIMARY KEY,
+    image_path TEXT NOT NULL,
+    status TEXT NOT NULL,
+    reason TEXT NOT NULL DEFAULT '',
+    editor TEXT NOT NULL,
+    at REAL NOT NULL
+);
 CREATE INDEX IF NOT EXISTS audit_look ON audit_events(look_id, event_id);
 CREATE INDEX IF NOT EXISTS audit_editor ON audit_events(editor, event_id);
 CREATE TRIGGER IF NOT EXISTS audit_append_only_update BEFORE UPDATE ON audit_events
@@ -89,6 +98,18 @@ class Credential:
 class IssuedToken:
     token: str
     credential: Credential
+
+
+@dataclass(frozen=True)
+class Decision:
+    """An editor's latest verdict on a look, with the image file it was about."""
+
+    look_id: str
+    image_path: str
+    status: str
+    reason: str
+    editor: str
+    at: float
 
 
 @dataclass(frozen=True)
@@ -266,27 +287,56 @@ class Ledger:
         after: dict[str, Any] | None = None,
         reason: str = "",
         request_id: str = "",
+        decision: tuple[str, str] | None = None,
     ) -> AuditEvent:
+        """Appends one event; `decision` (image path, status) also records the editor's verdict on the look,
+        in the same transaction, and a return to pending withdraws it."""
         at = time.time()
         before, after = before or {}, after or {}
         with self._connect() as db:
-            cursor = db.execute(
-                "INSERT INTO audit_events(at, editor, action, look_id, before_json, after_json, reason, "
-                "request_id) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    at,
-                    editor,
-                    action,
-                    look_id,
-                    json.dumps(before, sort_keys=True, default=str),
-                    json.dumps(after, sort_keys=True, default=str),
-                    reason,
-                    request_id,
-                ),
-            )
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                cursor = db.execute(
+                    "INSERT INTO audit_events(at, editor, action, look_id, before_json, after_json, reason, "
+                    "request_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        at,
+                        editor,
+                        action,
+                        look_id,
+                        json.dumps(before, sort_keys=True, default=str),
+                        json.dumps(after, sort_keys=True, default=str),
+                        reason,
+                        request_id,
+                    ),
+                )
+                if decision is not None:
+                    image_path, status = decision
+                    if status == "pending":
+                        db.execute("DELETE FROM decisions WHERE look_id = ?", (look_id,))
+                    else:
+                        db.execute(
+                            "INSERT INTO decisions(look_id, image_path, status, reason, editor, at) "
+                            "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(look_id) DO UPDATE SET "
+                            "image_path = excluded.image_path, status = excluded.status, "
+                            "reason = excluded.reason, editor = excluded.editor, at = excluded.at",
+                            (look_id, image_path, status, reason, editor, at),
+                        )
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
             event_id = int(cursor.lastrowid or 0)
         return AuditEvent(event_id, at, editor, action, look_id, before, after, reason, request_id)
+
+    def decisions(self) -> list[Decision]:
+        """Every look's latest editor verdict, oldest first."""
+        with self._connect() as db:
+            rows = db.execute("SELECT * FROM decisions ORDER BY at, look_id").fetchall()
+        return [
+            Decision(r["look_id"], r["image_path"], r["status"], r["reason"], r["editor"], r["at"])
+            for r in rows
+        ]
 
     def events(
         self,
