@@ -12,6 +12,7 @@ import click
 
 # Modules that add commands: each defines `register(main: click.Group) -> None`.
 COMMAND_MODULES: list[str] = [
+    "services.commands.bench_store",
     "services.commands.curation",
 ]
 
