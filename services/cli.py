@@ -13,6 +13,10 @@ import click
 # Modules that add commands: each defines `register(main: click.Group) -> None`.
 COMMAND_MODULES: list[str] = [
     "services.commands.bench_store",
+    "services.commands.serve",
+    "services.commands.library",
+    "services.commands.match",
+    "services.commands.compat",
     "services.commands.curation",
     "services.commands.quality",
 ]
@@ -22,6 +26,11 @@ COMMAND_MODULES: list[str] = [
 @click.version_option(package_name="lookbook")
 def main() -> None:
     """Lookbook: photograph a top (or a bottom), get what curated looks pair it with."""
+
+
+@main.group()
+def library() -> None:
+    """Fill and inspect the look library."""
 
 
 @main.group()

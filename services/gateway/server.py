@@ -1,0 +1,230 @@
+"""OutfitService, the public gateway: validates a shopper's photo, asks vision what garment it is,
+searches the look library, and returns what the matched looks pair it with."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Protocol
+
+import grpc
+from lookbook.common.v1 import garment_pb2
+from lookbook.outfit.v1 import outfit_pb2, outfit_pb2_grpc
+
+from services.gateway.access import ApiKeyInterceptor
+from services.vision.client import VisionUnavailableError
+from services.vision.contract import KIND_TO_PROTO, box_to_proto
+from shared.grpc_runtime import add_health_and_reflection, bind, new_server
+from shared.images import ImageRejected
+from shared.models.pipeline import Analysis, Kind, KnownGarment
+from shared.settings import Settings
+from shared.store import InvalidLookError, LookRecord, LookStore, ScoredLook, StoreError
+
+log = logging.getLogger(__name__)
+SERVICE_NAME = outfit_pb2.DESCRIPTOR.services_by_name["OutfitService"].full_name
+PAIR: dict[str, Kind] = {"top": "bottom", "bottom": "top"}
+PUBLIC_STATUSES = ("approved", "featured")
+MAX_TAGS = 20
+
+
+class Vision(Protocol):
+    @property
+    def model_version(self) -> str: ...
+
+    async def analyze(self, data: bytes, *, single_garment: bool = False, kind_hint: Kind | None = None,
+                      want_quality: bool = False, known: Sequence[KnownGarment] = (),
+                      timeout: float | None = None) -> Analysis: ...
+
+
+@dataclass
+class Candidate:
+    look: LookRecord
+    look_alike: float = 0.0
+    compatibility: float = 0.0
+    score: float = 0.0
+
+
+class BadRequest(ValueError):
+    """The request is malformed; the message says how to fix it."""
+
+
+def image_uri(settings: Settings, look: LookRecord) -> str:
+    return f"{settings.base_url}/images/{look.image_path}"
+
+
+def crop_uri(settings: Settings, look: LookRecord, kind: str) -> str:
+    return f"{settings.base_url}/crops/{look.look_id}/{kind}.jpg"
+
+
+def look_to_proto(settings: Settings, look: LookRecord) -> garment_pb2.Look:
+    message = garment_pb2.Look(
+        look_id=look.look_id,
+        image_uri=image_uri(settings, look),
+        tags=look.tags,
+        colors=sorted({c for cs in (look.colors.values() if isinstance(look.colors, dict) else [look.colors])
+                       for c in cs}),
+        source=look.source,
+        attribution=look.attribution,
+        quality_score=look.quality_score,
+        quality_reasons=look.quality_reasons,
+        status=getattr(garment_pb2, f"LOOK_STATUS_{look.status.upper()}"),
+        model_version=look.model_version,
+        version=look.version,
+        width=look.width,
+        height=look.height,
+    )
+    if look.top_box:
+        message.top_box.CopyFrom(box_to_proto(look.top_box))
+    if look.bottom_box:
+        message.bottom_box.CopyFrom(box_to_proto(look.bottom_box))
+    message.created_at.FromNanoseconds(int(look.created_at * 1e9))
+    message.updated_at.FromNanoseconds(int(look.updated_at * 1e9))
+    return message
+
+
+class Matcher:
+    """Both ranking paths and their blend, over the look store. Pure of gRPC, so tools and evals reuse it."""
+
+    def __init__(self, settings: Settings, store: LookStore) -> None:
+        self.settings = settings
+        self.store = store
+
+    def candidates(
+        self, kind: Kind, embedding: Sequence[float], compat: Sequence[float] | None, *, path: int,
+        tags: Sequence[str], limit: int,
+    ) -> list[Candidate]:
+        pair = PAIR[kind]
+        pool = max(self.settings.candidate_pool, limit * 3)
+        found: dict[str, Candidate] = {}
+        if path in (outfit_pb2.RANKING_PATH_BLEND, outfit_pb2.RANKING_PATH_LOOK_ALIKE):
+            for hit in self._search(kind, embedding, pool, tags):
+                found.setdefault(hit.look.look_id, Candidate(hit.look)).look_alike = hit.score
+        if compat is not None and path in (outfit_pb2.RANKING_PATH_BLEND, outfit_pb2.RANKING_PATH_COMPATIBILITY):
+            for hit in self._search(f"{pair}_compat", compat, pool, tags):
+                found.setdefault(hit.look.look_id, Candidate(hit.look)).compatibility = hit.score
+        # A look can only answer the query if it shows the garment we return.
+        usable = [c for c in found.values() if getattr(c.look, f"{pair}_box") is not None]
+        for c in usable:
+            c.score = self.blend(c, path, has_compat=compat is not None)
+            if c.look.status == "featured":
+                c.score += self.settings.featured_boost
+        usable.sort(key=lambda c: c.score, reverse=True)
+        return usable[:limit]
+
+    def blend(self, c: Candidate, path: int, *, has_compat: bool) -> float:
+        if path == outfit_pb2.RANKING_PATH_LOOK_ALIKE or not has_compat:
+            return c.look_alike
+        if path == outfit_pb2.RANKING_PATH_COMPATIBILITY:
+            return c.compatibility
+        return 0.5 * c.look_alike + 0.5 * c.compatibility
+
+    def _search(self, vector: str, query: Sequence[float], pool: int, tags: Sequence[str]) -> list[ScoredLook]:
+        return self.store.search(vector, query, limit=pool, statuses=PUBLIC_STATUSES, tags=tags,
+                                 min_quality=self.settings.min_quality)
+
+
+class OutfitServicer(outfit_pb2_grpc.OutfitServiceServicer):
+    def __init__(self, settings: Settings, vision: Vision, store: LookStore,
+                 executor: ThreadPoolExecutor | None = None) -> None:
+        self.settings = settings
+        self.vision = vision
+        self.store = store
+        self.matcher = Matcher(settings, store)
+        self.executor = executor or ThreadPoolExecutor(max_workers=settings.grpc_workers,
+                                                       thread_name_prefix="gateway")
+
+    def _validate(self, request: outfit_pb2.MatchOutfitRequest) -> tuple[int, list[str]]:
+        if request.limit < 0:
+            raise BadRequest(f"limit is {request.limit}: ask for 1 to {self.settings.max_limit} matches, "
+                             "or 0 for the default")
+        if request.limit > self.settings.max_limit:
+            raise BadRequest(f"limit {request.limit} is above the maximum of {self.settings.max_limit} "
+                             "(LOOKBOOK_MAX_LIMIT): ask for fewer matches and page with tags")
+        if request.kind not in outfit_pb2.QueryKind.values():
+            raise BadRequest(f"unknown kind {request.kind}: use AUTO, TOP or BOTTOM")
+        if request.path not in outfit_pb2.RankingPath.values():
+            raise BadRequest(f"unknown ranking path {request.path}: use BLEND, LOOK_ALIKE or COMPATIBILITY")
+        if len(request.tags) > MAX_TAGS:
+            raise BadRequest(f"{len(request.tags)} tags given; filter by at most {MAX_TAGS}")
+        tags = sorted({t.strip().lower() for t in request.tags if t.strip()})
+        return request.limit or self.settings.default_limit, tags
+
+    async def MatchOutfit(
+        self, request: outfit_pb2.MatchOutfitRequest, context: grpc.aio.ServicerContext
+    ) -> outfit_pb2.MatchOutfitResponse:
+        started = time.perf_counter()
+        try:
+            limit, tags = self._validate(request)
+            hint: Kind | None = {outfit_pb2.QUERY_KIND_TOP: "top", outfit_pb2.QUERY_KIND_BOTTOM: "bottom"}.get(
+                request.kind)
+            remaining = context.time_remaining()
+            analysis = await self.vision.analyze(
+                request.image, single_garment=True, kind_hint=hint,
+                timeout=min(remaining, self.settings.vision_timeout_s) if remaining else self.settings.vision_timeout_s,
+            )
+            garment = max((g for g in analysis.garments if g.kind in PAIR), key=lambda g: g.confidence, default=None)
+            if garment is None:
+                found = ", ".join(sorted({g.kind for g in analysis.garments})) or "nothing"
+                raise BadRequest(f"no top or bottom found in the photo (found {found}): photograph one top or "
+                                 "one bottom so that it fills most of the frame, or set kind to TOP or BOTTOM")
+            if request.path == outfit_pb2.RANKING_PATH_COMPATIBILITY and garment.compat is None:
+                await context.abort(grpc.StatusCode.FAILED_PRECONDITION,
+                                    "the compatibility model is not installed on this server: use BLEND or "
+                                    "LOOK_ALIKE, or ship the compat artifact")
+            loop = asyncio.get_running_loop()
+            matches = await loop.run_in_executor(self.executor, lambda: self.matcher.candidates(
+                garment.kind, garment.embedding,
+                garment.compat if garment.compat is not None and garment.compat.size else None,
+                path=request.path, tags=tags, limit=limit))
+        except (BadRequest, ImageRejected) as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        except TimeoutError:
+            await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED,
+                                "the photo was not analysed before the deadline: retry with a longer deadline")
+        except VisionUnavailableError as exc:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
+        except StoreError as exc:
+            log.exception("look store failed")
+            await context.abort(grpc.StatusCode.UNAVAILABLE, f"the look library is unavailable ({exc}): retry shortly")
+        pair = PAIR[garment.kind]
+        response = outfit_pb2.MatchOutfitResponse(
+            query=outfit_pb2.QueryGarment(kind=KIND_TO_PROTO[garment.kind], box=box_to_proto(garment.box),  # type: ignore[arg-type]
+                                          confidence=garment.confidence),
+            model_version=analysis.model_version,
+        )
+        for c in matches:
+            box = getattr(c.look, f"{pair}_box")
+            response.matches.append(outfit_pb2.Match(
+                look_id=c.look.look_id, image_uri=image_uri(self.settings, c.look),
+                garment_kind=KIND_TO_PROTO[pair], garment_box=box_to_proto(box),  # type: ignore[arg-type]
+                score=c.score,
+                path_scores=outfit_pb2.PathScores(look_alike=c.look_alike, compatibility=c.compatibility),
+                tags=c.look.tags, crop_uri=crop_uri(self.settings, c.look, pair),
+                featured=c.look.status == "featured",
+            ))
+        log.info("matched", extra={"kind": garment.kind, "matches": len(matches),
+                                   "ms": round((time.perf_counter() - started) * 1000, 1)})
+        return response
+
+    async def GetLook(self, request: outfit_pb2.GetLookRequest, context: grpc.aio.ServicerContext) -> garment_pb2.Look:
+        try:
+            look = self.store.get(request.look_id)
+        except InvalidLookError as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        if look is None or look.status not in PUBLIC_STATUSES:
+            await context.abort(grpc.StatusCode.NOT_FOUND,
+                                f"no look {request.look_id} in the library: use a look_id from MatchOutfit")
+        return look_to_proto(self.settings, look)
+
+
+def build_server(settings: Settings, vision: Vision, store: LookStore, port: int | None = None):  # type: ignore[no-untyped-def]
+    """Returns (server, health servicer, bound port, service names); start it with `await server.start()`."""
+    server = new_server(settings, interceptors=[ApiKeyInterceptor(settings.api_keys, settings.rate_limit_per_minute)])
+    outfit_pb2_grpc.add_OutfitServiceServicer_to_server(OutfitServicer(settings, vision, store), server)
+    health = add_health_and_reflection(server, [SERVICE_NAME])
+    bound = bind(server, settings, settings.gateway_port if port is None else port)
+    return server, health, bound, [SERVICE_NAME]
