@@ -30,7 +30,7 @@ from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 
-from services.curation.desk import SORTS, CurationDesk, CurationInputError, LookQuery
+from services.curation.desk import REJECT_REASONS, SORTS, CurationDesk, CurationInputError, LookQuery
 from services.curation.imports import (
     ImportJobNotFoundError,
     ImportJobs,
@@ -149,6 +149,7 @@ class Console:
         self.ledger: Ledger = desk.ledger
         self.templates = Jinja2Templates(directory=str(HERE / "templates"))
         self.templates.env.globals["statuses"] = STATUSES
+        self.templates.env.globals["reject_reasons"] = REJECT_REASONS
         self.templates.env.filters["box_style"] = box_style
         self.templates.env.filters["when"] = lambda t: (
             time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(t)) + " UTC"

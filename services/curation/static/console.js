@@ -33,6 +33,12 @@
   }
 
   // ------------------------------------------------------------------ looks grid
+  function currentReason() {
+    const code = (document.getElementById("reason-code") || {}).value || "";
+    const note = ((document.getElementById("reason") || {}).value || "").trim();
+    return [code, note].filter(Boolean).join(", ");
+  }
+
   const grid = document.getElementById("grid");
   const cards = () => Array.from(document.querySelectorAll("article.look"));
 
@@ -48,7 +54,7 @@
   async function setStatus(card, status) {
     if (!card || card.classList.contains("busy")) return;
     card.classList.add("busy");
-    const reason = (document.getElementById("reason") || {}).value || "";
+    const reason = currentReason();
     try {
       const { status: code, data } = await post(`/api/looks/${card.dataset.lookId}/status`,
         { status, version: Number(card.dataset.version), reason });
@@ -89,7 +95,7 @@
   async function bulk(status) {
     const picked = cards().filter((c) => c.querySelector("input.select").checked);
     if (!picked.length) { toast("Select looks first (x, or the check boxes).", "error"); return; }
-    const reason = (document.getElementById("reason") || {}).value || "";
+    const reason = currentReason();
     const items = picked.map((c) => ({ look_id: c.dataset.lookId, version: Number(c.dataset.version) }));
     const { status: code, data } = await post("/api/looks/bulk-status", { status, items, reason });
     if (!data.results) { toast("Not saved: " + (data.error || `HTTP ${code}`), "error"); return; }
