@@ -28,13 +28,14 @@ from shared.store import (
 pytestmark = pytest.mark.unit
 
 DIMS = (16, 8)
-BACKENDS = ["edge"]  # the server backend joins in the next commit
+BACKENDS = ["edge", "server"]
 
 
 def open_backend(kind: str, path: Path) -> LookStoreBase:
     if kind == "edge":
         return EdgeLookStore(path, hnsw_m=8, hnsw_ef_construct=32, hnsw_ef=32)
     from qdrant_client import QdrantClient
+
     from shared.store.server import ServerLookStore
 
     return ServerLookStore(client=QdrantClient(":memory:"), hnsw_m=8, hnsw_ef_construct=32, hnsw_ef=32)
@@ -234,7 +235,9 @@ def test_search_returns_vectors_on_request(store: LookStoreBase) -> None:
         "top_compat",
         "bottom_compat",
     }
-    np.testing.assert_allclose(hits[0].vectors["top"], unit(points[1].vectors["top"]), atol=1e-5)
+    np.testing.assert_allclose(
+        np.asarray(hits[0].vectors["top"]), unit(np.asarray(points[1].vectors["top"])), atol=1e-5
+    )
 
 
 def test_version_conflict_and_unknown_look(store: LookStoreBase) -> None:
@@ -508,10 +511,10 @@ def test_edge_keeps_live_and_previous_versions_only(tmp_path: Path) -> None:
 
 
 def test_open_store_picks_edge_without_url(tmp_path: Path) -> None:
-    from shared.settings import Settings
+    from shared.settings import load_settings
     from shared.store import open_store
 
-    s = open_store(Settings(data_dir=tmp_path))
+    s = open_store(load_settings(data_dir=tmp_path))
     try:
         assert isinstance(s, EdgeLookStore)
         assert s.root == tmp_path / "store" / "looks"
