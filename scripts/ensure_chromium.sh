@@ -1,13 +1,26 @@
 #!/usr/bin/env bash
-# Installs Debian's chromium for the browser tests when it is missing (never a browser download).
+# Makes sure Debian's Chromium is at /usr/bin/chromium for the browser tests (Playwright drives it; we never
+# run `playwright install`). Installs it with apt when missing; needs root or passwordless sudo.
 set -euo pipefail
-if [ -x /usr/bin/chromium ]; then exit 0; fi
-if [ "$(id -u)" != 0 ]; then
-  echo "error: /usr/bin/chromium is missing; install Debian's chromium package (apt-get install -y chromium)" >&2
-  exit 1
+CHROMIUM=/usr/bin/chromium
+if [ -x "$CHROMIUM" ]; then
+    exit 0
 fi
-echo "installing chromium" >&2
+echo "Chromium is missing at $CHROMIUM: installing Debian's chromium package" >&2
+SUDO=""
+if [ "$(id -u)" -ne 0 ]; then
+    if command -v sudo >/dev/null 2>&1; then
+        SUDO="sudo -n"
+    else
+        echo "error: not root and no sudo; install it yourself: apt-get install -y chromium" >&2
+        exit 1
+    fi
+fi
 export DEBIAN_FRONTEND=noninteractive
-apt-get update -qq >/dev/null
-apt-get install -y -qq chromium >/dev/null
-test -x /usr/bin/chromium
+$SUDO apt-get update -q
+$SUDO apt-get install -y -q --no-install-recommends chromium
+if [ ! -x "$CHROMIUM" ]; then
+    echo "error: apt installed chromium but $CHROMIUM is not there; point the browser tests at it" >&2
+    exit 1
+fi
+echo "Chromium installed: $("$CHROMIUM" --version 2>/dev/null || echo "$CHROMIUM")" >&2
