@@ -251,14 +251,16 @@ def _rss_bytes() -> int:
 
 
 def _dir_bytes(path: Path) -> dict[str, int]:
-    """On-disk bytes under path, split into vectors, HNSW graph, payload and the rest."""
-    parts = {"vectors": 0, "hnsw": 0, "payload": 0, "other": 0}
+    """Allocated bytes under path (files are sparse), split into vectors, HNSW graph, payload, WAL, rest."""
+    parts = {"vectors": 0, "hnsw": 0, "payload": 0, "wal": 0, "other": 0}
     for file in path.rglob("*"):
         if not file.is_file():
             continue
-        size = file.stat().st_size
+        size = file.stat().st_blocks * 512
         text = str(file.relative_to(path)).lower()
-        if "vector_storage" in text or "vectors" in text:
+        if "/wal/" in f"/{text}":
+            key = "wal"  # preallocated log segments: a fixed cost per shard, not per look
+        elif "vector_storage" in text or "vectors" in text:
             key = "hnsw" if ("graph" in text or "links" in text or "hnsw" in text) else "vectors"
         elif "hnsw" in text or "graph" in text or "links" in text:
             key = "hnsw"
@@ -304,6 +306,7 @@ class StoreRun:
     rss_bytes_per_look: float = 0.0
     reopen_seconds: float = 0.0
     first_query_ms: float = 0.0
+    search_cpus: int = field(default_factory=lambda: len(os.sched_getaffinity(0)))
     expansion: dict[str, Any] = field(default_factory=dict)
 
 
@@ -351,6 +354,7 @@ def run_size(
     compat_dim: int,
     with_compat: bool,
     batch: int,
+    search_cpus: int | None = None,
     progress: bool = True,
 ) -> StoreRun:
     from tqdm import tqdm
@@ -387,10 +391,19 @@ def run_size(
             result.upsert_seconds += time.perf_counter() - started
             bar.update(len(points))
     result.upsert_looks_per_s = n / result.upsert_seconds
-    click.echo(f"  building the HNSW index (m={m}, ef_construct={ef_construct}) ...", err=True)
+    click.echo(
+        f"  upserted at {result.upsert_looks_per_s:,.0f} looks/s; building the HNSW index "
+        f"(m={m}, ef_construct={ef_construct}) ...",
+        err=True,
+    )
     started = time.perf_counter()
     store.optimize()
     result.index_seconds = time.perf_counter() - started
+    click.echo(f"  index built in {result.index_seconds:.1f} s", err=True)
+    if search_cpus is not None:
+        # Threads started from now on (the reopened shard's search pool) inherit the smaller CPU set.
+        os.sched_setaffinity(0, sorted(os.sched_getaffinity(0))[:search_cpus])
+        result.search_cpus = len(os.sched_getaffinity(0))
     store.close()
     del store
     gc.collect()
@@ -431,7 +444,7 @@ def run_size(
     result.rss_bytes_per_look = round(result.rss_delta_bytes / n, 1)
     store.close()
     result.disk_bytes = _dir_bytes(work)
-    result.disk_bytes_per_look = round(result.disk_bytes["total"] / n, 1)
+    result.disk_bytes_per_look = round((result.disk_bytes["total"] - result.disk_bytes["wal"]) / n, 1)
     return result
 
 
@@ -482,6 +495,24 @@ def run_size(
 )
 @click.option("--compat-dim", type=click.IntRange(min=8), default=128, show_default=True)
 @click.option(
+    "--base-npz",
+    type=click.Path(path_type=Path, dir_okay=False, exists=True),
+    default=None,
+    help="Projected base embeddings from --save-base, instead of embedding DATA_DIR (on another machine).",
+)
+@click.option(
+    "--save-base",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=None,
+    help="Write the projected base embeddings here (a few MB) for --base-npz elsewhere.",
+)
+@click.option(
+    "--search-cpus",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Pin the process to this many CPUs after the index is built, to measure search as on a smaller box.",
+)
+@click.option(
     "--noise",
     type=click.FloatRange(min=0.0),
     default=Expansion.noise,
@@ -512,6 +543,9 @@ def bench_store(
     batch: int,
     json_out: Path | None,
     keep: bool,
+    base_npz: Path | None,
+    save_base: Path | None,
+    search_cpus: int | None,
 ) -> None:
     """Upsert throughput, search p50/p99 and recall@10 vs exact, memory per look and reopen time.
 
@@ -524,7 +558,13 @@ def bench_store(
     m = hnsw_m or settings.hnsw_m
     ef_construct = hnsw_ef_construct or settings.hnsw_ef_construct
     ef = hnsw_ef or settings.hnsw_ef
-    base = project_base(base_features(data_dir))
+    if base_npz is not None:
+        with np.load(base_npz) as saved:
+            base = {"top": saved["top"], "bottom": saved["bottom"]}
+    else:
+        base = project_base(base_features(data_dir))
+    if save_base is not None:
+        np.savez_compressed(save_base, top=base["top"], bottom=base["bottom"])
     synth = LookSynth(base, Expansion(noise=noise))
     click.echo(
         f"real garments: {len(base['top'])} tops, {len(base['bottom'])} bottoms (PCA to {DIM} dims)", err=True
@@ -542,14 +582,16 @@ def bench_store(
             compat_dim=compat_dim,
             with_compat=compat,
             batch=batch,
+            search_cpus=search_cpus,
         )
         runs.append(run)
         if not keep:
             shutil.rmtree(work_dir / f"n{n}", ignore_errors=True)
         _print_run(run)
+        if json_out is not None:  # after each size, so a long run that is cut off keeps what it measured
+            json_out.parent.mkdir(parents=True, exist_ok=True)
+            json_out.write_text(json.dumps([asdict(r) for r in runs], indent=2))
     if json_out is not None:
-        json_out.parent.mkdir(parents=True, exist_ok=True)
-        json_out.write_text(json.dumps([asdict(r) for r in runs], indent=2))
         click.echo(f"results written to {json_out}", err=True)
 
 
@@ -565,12 +607,17 @@ def _print_run(run: StoreRun) -> None:
             f"search {label:<11} p50 {row['p50_ms']:.2f} ms  p99 {row['p99_ms']:.2f} ms  "
             f"recall@10 {row['recall_at_10']:.4f}  ({row['queries']} queries)"
         )
-    click.echo(f"disk          {run.disk_bytes_per_look:,.0f} B/look  {run.disk_bytes}")
+    click.echo(f"disk          {run.disk_bytes_per_look:,.0f} B/look without the WAL  {run.disk_bytes}")
     click.echo(f"memory (RSS)  {run.rss_bytes_per_look:,.0f} B/look after reopen and searches")
     click.echo(f"reopen        {run.reopen_seconds:.2f} s, first query {run.first_query_ms:.1f} ms")
+    click.echo(f"cpus          {run.search_cpus} while searching")
 
 
 def register(main: click.Group) -> None:
     bench = main.commands["bench"]
     assert isinstance(bench, click.Group)
     bench.add_command(bench_store)
+
+
+if __name__ == "__main__":  # `python -m services.commands.bench_store` where the full CLI's deps are missing
+    bench_store()
