@@ -121,8 +121,14 @@ class ServerLookStore(LookStoreBase):
         self._owns_client = client is None
         if client is None:
             if url:
+                # The open check below reaches the server with retries; the client's own version probe
+                # would only add a second request, and a warning when the server is down.
                 client = QdrantClient(
-                    url=url, api_key=api_key or None, timeout=int(timeout_s), prefer_grpc=prefer_grpc
+                    url=url,
+                    api_key=api_key or None,
+                    timeout=max(1, round(timeout_s)),
+                    prefer_grpc=prefer_grpc,
+                    check_compatibility=False,
                 )
             else:
                 client = QdrantClient(location=location or ":memory:")
