@@ -1,0 +1,141 @@
+"""`lookbook bench ingest`: library ingestion throughput on 1 and 2 worker processes, beside bare Analyze."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+
+
+def _pick_looks(data: Path, n: int) -> list[Path]:
+    folder = data / "looks" / "images" if (data / "looks" / "images").is_dir() else data
+    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in (".jpg", ".jpeg", ".png", ".webp"))
+    if len(files) < n:
+        raise click.ClickException(f"{folder} has {len(files)} images, fewer than --n {n}: lower --n")
+    return files[:n]
+
+
+def _bare_analyze(files: list[Path], settings: Any) -> float:
+    """Looks/s of the same Analyze the workers run (vision pipeline + quality), one process, one thread."""
+    import torch
+
+    from services.workers.refresh import QualityCheckedAnalyzer, limits_of, local_analyzer
+    from shared.models.quality import load_quality
+
+    torch.set_num_threads(1)
+    analyzer = QualityCheckedAnalyzer(
+        local_analyzer(settings), load_quality(settings.models_dir), limits_of(settings)
+    )
+    datas = [p.read_bytes() for p in files]
+    for data in datas[:2]:  # warm-up: first calls pay for lazy init
+        analyzer.analyze_sync(data, want_quality=True)
+    started = time.perf_counter()
+    for data in datas:
+        analyzer.analyze_sync(data, want_quality=True)
+    return len(datas) / (time.perf_counter() - started)
+
+
+def _ingest(files: list[Path], workers: int, workdir: Path, redis_url: str) -> float:
+    """Looks/s of a whole refresh on `workers` Celery processes (models loaded before the clock starts)."""
+    from services.workers.embedded import CeleryLibrary, wait_for
+    from services.workers.local_cluster import Worker, worker_env
+    from shared.settings import load_settings
+
+    source = workdir / f"source-{workers}"
+    source.mkdir(parents=True)
+    for path in files:
+        shutil.copy(path, source / path.name)
+    data_dir = workdir / f"data-{workers}"
+    settings = {"worker_concurrency": workers, "ingest_chunk_size": 2}
+    worker = Worker(worker_env(redis_url, data_dir, **settings), workdir / f"worker-{workers}.log").start()
+    try:
+        worker.wait_ready()
+        library = CeleryLibrary(
+            load_settings(mode="scale-out", redis_url=redis_url, data_dir=data_dir, **settings)
+        )
+        started = time.perf_counter()
+        job_id = library.start(str(source))
+        progress = wait_for(library.jobs, job_id, poll_s=0.1)
+        elapsed = time.perf_counter() - started
+        if progress.done != len(files):
+            raise click.ClickException(
+                f"the refresh ingested {progress.done} of {len(files)}: see {worker.log_path}"
+            )
+        return len(files) / elapsed
+    finally:
+        worker.stop()
+
+
+@click.command(name="ingest")
+@click.option(
+    "--data",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    default=Path("../shared/data"),
+    show_default=True,
+    help="A folder laid out like ../shared/data (its looks/images are used), or a folder of look images.",
+)
+@click.option("--n", default=24, show_default=True, type=click.IntRange(4), help="Looks per measurement.")
+@click.option(
+    "--json",
+    "json_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Also write the figures as JSON to this file.",
+)
+def bench_ingest(data: Path, n: int, json_path: Path | None) -> None:
+    """Ingestion throughput (looks/s) of a refresh on 1 and 2 Celery worker processes, on a throwaway
+    redis-server and store, beside the bare Analyze throughput of one process, in the same run.
+
+    Each worker process runs one torch thread, like the bare Analyze, so per-process figures compare.
+    Needs redis-server on PATH (`bash scripts/ensure_redis.sh`).
+    """
+    from services.workers.local_cluster import redis_server
+    from shared.settings import load_settings
+
+    files = _pick_looks(data, n)
+    settings = load_settings()
+    click.echo(f"bare Analyze on {n} looks ...", err=True)
+    bare = _bare_analyze(files, settings)
+    results: dict[str, Any] = {"n": n, "bare_analyze_looks_per_s": bare, "ingest": {}}
+    with tempfile.TemporaryDirectory(prefix="lookbook-bench-") as tmp:
+        workdir = Path(tmp)
+        try:
+            with redis_server(workdir / "redis") as redis_url:
+                for workers in (1, 2):
+                    click.echo(f"refresh on {workers} worker process(es) ...", err=True)
+                    rate = _ingest(files, workers, workdir, redis_url)
+                    results["ingest"][str(workers)] = {
+                        "looks_per_s": rate,
+                        "per_worker_looks_per_s": rate / workers,
+                        "per_worker_vs_bare": rate / workers / bare,
+                    }
+        except RuntimeError as exc:
+            raise click.ClickException(str(exc)) from None
+    lines = [
+        f"{'path':<34}{'looks/s':>10}{'per process':>13}{'vs bare':>9}",
+        f"{'bare Analyze (1 process)':<34}{bare:>10.2f}{bare:>13.2f}{1.0:>9.2f}",
+    ]
+    for workers, row in results["ingest"].items():
+        lines.append(
+            f"{f'refresh, {workers} worker process(es)':<34}{row['looks_per_s']:>10.2f}"
+            f"{row['per_worker_looks_per_s']:>13.2f}{row['per_worker_vs_bare']:>9.2f}"
+        )
+    click.echo("\n".join(lines))
+    text = json.dumps(results, indent=2)
+    click.echo(text)
+    if json_path is not None:
+        json_path.write_text(text + "\n")
+        click.echo(f"wrote {json_path}", err=True)
+    sys.stdout.flush()
+
+
+def register(main: click.Group) -> None:
+    group = main.commands["bench"]
+    assert isinstance(group, click.Group)
+    group.add_command(bench_ingest)

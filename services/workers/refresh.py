@@ -1,0 +1,389 @@
+"""Library refresh as plain functions: plan a refresh of a source, ingest chunks of looks, re-embed.
+
+They wrap the lead's per-look functions in shared/library.py (read_source, ingest_look,
+reembed_library) with what workers need: job progress, a quarantine for poison images, the
+transient/permanent split of faults, and store access that works with several processes. Celery
+tasks (tasks.py) and the embedded runner (embedded.py) both call these.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import logging
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from services.workers.jobs import JobBoard, QuarantinedImage
+from shared.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+class TransientError(RuntimeError):
+    """A fault that goes away by itself (vision or the store briefly unreachable): retry later."""
+
+
+class PermanentError(ValueError):
+    """Retrying cannot help (a bad source, a model version these workers do not run)."""
+
+
+# ------------------------------------------------------------------------------------ items as JSON
+def item_to_json(item: Any) -> dict[str, Any]:
+    """A shared.library.LookItem as task arguments (Celery sends JSON only)."""
+    return {
+        "path": str(item.path),
+        "tags": list(item.tags),
+        "source": item.source,
+        "attribution": item.attribution,
+        "known": [[k.kind, list(k.box)] for k in item.known],
+        "status": item.status,
+        "extra": dict(item.extra),
+    }
+
+
+def item_from_json(data: dict[str, Any]) -> Any:
+    from shared.library import LookItem
+    from shared.models.pipeline import KnownGarment
+
+    return LookItem(
+        path=Path(data["path"]),
+        tags=tuple(data.get("tags") or ()),
+        source=str(data.get("source") or ""),
+        attribution=str(data.get("attribution") or ""),
+        known=tuple(KnownGarment(kind=k, box=tuple(b)) for k, b in data.get("known") or ()),
+        status=data.get("status"),
+        extra=dict(data.get("extra") or {}),
+    )
+
+
+def chunks(items: Sequence[Any], size: int) -> Iterator[list[Any]]:
+    for start in range(0, len(items), max(1, size)):
+        yield list(items[start : start + size])
+
+
+# ------------------------------------------------------------------------------------ vision
+class QualityCheckedAnalyzer:
+    """Adds the quality score when the analyzer did not give one (a pipeline without the filter wired)."""
+
+    def __init__(self, inner: Any, quality: Any, limits: Any) -> None:
+        self.inner = inner
+        self.quality = quality
+        self.limits = limits
+
+    @property
+    def model_version(self) -> str:
+        return str(self.inner.model_version)
+
+    def analyze_sync(self, data: bytes, **kwargs: Any) -> Any:
+        analysis = self.inner.analyze_sync(data, **kwargs)
+        if kwargs.get("want_quality") and analysis.quality_score is None and self.quality is not None:
+            from shared.images import decode_image
+
+            verdict = self.quality.score(decode_image(data, self.limits))
+            analysis.quality_score, analysis.quality_reasons = verdict.score, list(verdict.reasons)
+        return analysis
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+
+def limits_of(settings: Settings) -> Any:
+    from shared.images import ImageLimits
+
+    return ImageLimits(
+        max_bytes=settings.max_image_bytes,
+        max_pixels=settings.max_image_pixels,
+        min_side=settings.min_image_side,
+    )
+
+
+def local_analyzer(settings: Settings) -> Any:
+    """The vision pipeline in this process (LocalVision: decode, validate, analyze)."""
+    from services.vision.server import LocalVision
+    from shared.models.pipeline import VisionPipeline
+
+    return LocalVision(
+        VisionPipeline(settings.models_dir, torch_threads=settings.torch_threads or 1), settings
+    )
+
+
+def remote_analyzer(settings: Settings) -> Any:
+    """VisionService over gRPC (LOOKBOOK_VISION_ADDR), with LocalVision's interface."""
+    from services.vision.client import RemoteVision
+
+    return RemoteVision(settings)
+
+
+def analyzer_dims(analyzer: Any) -> tuple[int, int] | None:
+    pipeline = getattr(getattr(analyzer, "inner", analyzer), "pipeline", None)
+    if pipeline is None:
+        return None
+    return int(pipeline.embedding_dim), int(getattr(pipeline, "compat_dim", 0) or 0)
+
+
+# ------------------------------------------------------------------------------------ store
+class StoreAccess:
+    """Opens the look store for a unit of work.
+
+    With a Qdrant server (LOOKBOOK_QDRANT_URL) each process keeps one client. Qdrant Edge allows one
+    process per directory, so several worker processes on one host take turns: a unit of work takes
+    a host-wide lock, opens the shard, works and closes it (held=False), while the vision work runs
+    outside the lock. The all-in-one process passes its own open store (held).
+    """
+
+    def __init__(self, settings: Settings, *, store: Any | None = None, held: bool | None = None) -> None:
+        self.settings = settings
+        self._store = store
+        self._held = held if held is not None else bool(settings.qdrant_url) or store is not None
+        self._lock = threading.Lock()
+
+    def _open(self) -> Any:
+        from shared.store import open_store
+
+        return open_store(self.settings)
+
+    @contextlib.contextmanager
+    def session(self) -> Iterator[Any]:
+        from shared.store import StoreUnavailableError
+
+        try:
+            if self._held:
+                with self._lock:
+                    if self._store is None:
+                        self._store = self._open()
+                yield self._store
+                return
+            lock_path = self.settings.data_dir / "store-writer.lock"
+            lock_path.parent.mkdir(parents=True, exist_ok=True)
+            with open(lock_path, "a+") as handle:
+                fcntl.flock(handle, fcntl.LOCK_EX)
+                store = self._open()
+                try:
+                    yield store
+                finally:
+                    store.close()
+        except StoreUnavailableError as exc:
+            raise TransientError(str(exc)) from None
+
+    def close(self) -> None:
+        if self._store is not None and self._held:
+            self._store.close()
+            self._store = None
+
+
+class SessionStore:
+    """The few LookStore calls shared.library.ingest_look makes, each in its own short store session,
+    so the store lock is never held while vision works. Creates the live collection on first write."""
+
+    def __init__(
+        self,
+        access: StoreAccess,
+        dims: Callable[[], tuple[int, int] | None],
+        model_version: Callable[[], str],
+    ):
+        self.access = access
+        self._dims = dims
+        self._model_version = model_version
+
+    def get(self, look_id: str) -> Any:
+        with self.access.session() as store:
+            return store.get(look_id) if store.live_version() is not None else None
+
+    def existing_ids(self, look_ids: Sequence[str]) -> set[str]:
+        with self.access.session() as store:
+            return (
+                store.existing_ids(list(look_ids)) if store.live_version() is not None and look_ids else set()
+            )
+
+    def upsert(self, points: Sequence[Any], **kwargs: Any) -> int:
+        from shared.library import vector_dims
+        from shared.store import BOTTOM_COMPAT, TOP, TOP_COMPAT
+
+        with self.access.session() as store:
+            if store.live_version() is None:
+                dims = self._dims()
+                if dims is None:  # a remote analyzer: read the dims off the vectors
+                    vectors = points[0].vectors
+                    compat = vectors.get(TOP_COMPAT, vectors.get(BOTTOM_COMPAT, ()))
+                    dims = (
+                        len(next(iter(v for k, v in vectors.items() if k in (TOP, "bottom")))),
+                        len(compat),
+                    )
+                store.ensure(self._model_version() or points[0].record.model_version, vector_dims(dims))
+            return int(store.upsert(points, **kwargs))
+
+
+# ------------------------------------------------------------------------------------ runtime
+@dataclass
+class LibraryRuntime:
+    """What the refresh functions need, built once per process (after a worker's fork)."""
+
+    settings: Settings
+    jobs: JobBoard
+    store: StoreAccess
+    analyzer_factory: Callable[[], Any] | None = None
+    _analyzer: Any = field(default=None, init=False)
+
+    @property
+    def analyzer(self) -> Any:
+        if self._analyzer is None:
+            from shared.models.quality import load_quality
+
+            inner = (
+                self.analyzer_factory()
+                if self.analyzer_factory is not None
+                else remote_analyzer(self.settings)
+                if self.settings.vision_addr
+                else local_analyzer(self.settings)
+            )
+            self._analyzer = QualityCheckedAnalyzer(
+                inner, load_quality(self.settings.models_dir), limits_of(self.settings)
+            )
+        return self._analyzer
+
+    @property
+    def looks(self) -> SessionStore:
+        return SessionStore(
+            self.store, lambda: analyzer_dims(self.analyzer), lambda: self.analyzer.model_version
+        )
+
+
+# ------------------------------------------------------------------------------------ refresh
+@dataclass(frozen=True)
+class RefreshPlan:
+    new: list[Any]  # shared.library.LookItem
+    skipped: int
+    quarantined: int
+
+
+def quarantine(rt: LibraryRuntime, job_id: str, path: str, reason: str, look_id: str = "") -> None:
+    log.warning("look quarantined", extra={"job_id": job_id, "path": path, "reason": reason})
+    rt.jobs.quarantine(QuarantinedImage(path=path, reason=reason, job_id=job_id, look_id=look_id))
+    rt.jobs.mark(job_id, path, "quarantined")
+
+
+def plan_refresh(rt: LibraryRuntime, source: str, job_id: str) -> RefreshPlan:
+    """Reads the source, finds the looks not yet in the library (by content id) and records the plan."""
+    from shared.library import SourceError, read_source
+    from shared.store import look_id_for_sha256
+
+    try:
+        items = read_source(source)
+    except SourceError as exc:
+        rt.jobs.fail(job_id, str(exc))
+        raise PermanentError(str(exc)) from None
+    rt.jobs.start(job_id)
+    by_id: dict[str, Any] = {}
+    unreadable: list[tuple[Any, str]] = []
+    for item in items:
+        try:
+            data = Path(item.path).read_bytes()
+        except OSError as exc:
+            unreadable.append((item, f"unreadable: {exc.strerror or exc}"))
+            continue
+        by_id.setdefault(look_id_for_sha256(hashlib.sha256(data).hexdigest()), item)  # same image twice: once
+    existing = rt.looks.existing_ids(list(by_id))
+    new = [item for look_id, item in by_id.items() if look_id not in existing]
+    rt.jobs.plan(
+        job_id, [str(i.path) for i in new] + [str(i.path) for i, _ in unreadable], skipped=len(existing)
+    )
+    for item, reason in unreadable:
+        quarantine(rt, job_id, str(item.path), reason)
+    log.info(
+        "refresh planned",
+        extra={
+            "job_id": job_id,
+            "source": source,
+            "entries": len(items),
+            "new": len(new),
+            "skipped": len(existing),
+            "unreadable": len(unreadable),
+        },
+    )
+    return RefreshPlan(new=new, skipped=len(existing), quarantined=len(unreadable))
+
+
+@dataclass(frozen=True)
+class IngestResult:
+    path: str
+    outcome: str  # ingested, exists, quarantined
+    look_id: str = ""
+    status: str = ""
+
+
+def ingest_looks(rt: LibraryRuntime, items: Sequence[Any], job_id: str) -> list[IngestResult]:
+    """Ingests a chunk of looks with shared.library.ingest_look; idempotent by content id.
+
+    A bad image (ImageRejected) is quarantined with its reason and never retried. A transient fault
+    (TransientError) propagates for a retry; looks stored before it are skipped on the retry.
+    """
+    from services.vision.client import VisionUnavailableError
+    from shared.images import ImageRejected
+    from shared.library import ingest_look
+
+    results = []
+    for item in items:
+        path = str(item.path)
+        try:
+            outcome = ingest_look(
+                item,
+                analyzer=rt.analyzer,
+                store=rt.looks,  # type: ignore[arg-type]
+                images_dir=rt.settings.images_dir,
+                auto_approve_quality=rt.settings.auto_approve_quality,
+                max_image_bytes=rt.settings.max_image_bytes,
+            )
+        except ImageRejected as exc:
+            quarantine(rt, job_id, path, str(exc))
+            results.append(IngestResult(path, "quarantined"))
+            continue
+        except (VisionUnavailableError, TimeoutError) as exc:
+            # Vision down or overloaded: the same look will go through later.
+            raise TransientError(str(exc)) from exc
+        rt.jobs.mark(job_id, path, "done")
+        results.append(
+            IngestResult(path, "exists" if outcome.skipped else "ingested", outcome.look_id, outcome.status)
+        )
+        if not outcome.skipped:
+            log.info(
+                "look ingested",
+                extra={
+                    "job_id": job_id,
+                    "look_id": outcome.look_id,
+                    "status": outcome.status,
+                    "quality": outcome.quality_score,
+                },
+            )
+    return results
+
+
+def reembed(rt: LibraryRuntime, model_version: str) -> int:
+    """Re-embeds the library into the collection of `model_version` and moves the alias when complete.
+
+    Readers keep the live collection during the build. Resumable: a retried or redelivered task skips
+    the looks already rebuilt.
+    """
+    from shared.library import reembed_library, vector_dims
+
+    analyzer = rt.analyzer
+    if analyzer.model_version and analyzer.model_version != model_version:
+        raise PermanentError(
+            f"these workers run model version {analyzer.model_version}, not {model_version}: "
+            "deploy workers with that model, or ask for the version they run"
+        )
+    dims = analyzer_dims(analyzer)
+    with rt.store.session() as store:
+        if store.live_version() == model_version:
+            return 0
+        if dims is None:
+            raise PermanentError(
+                "re-embedding needs the vision models in the worker: unset LOOKBOOK_VISION_ADDR"
+            )
+        return reembed_library(
+            store, analyzer=analyzer, images_dir=rt.settings.images_dir, dims=vector_dims(dims)
+        )

@@ -1,0 +1,104 @@
+"""The Celery app's contract (JSON only, late acks, retry only transient faults) and the memory job board."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from services.workers.app import (
+    INGEST_TASK,
+    REFRESH_TASK,
+    MissingBrokerError,
+    celery_config,
+    create_app,
+)
+from services.workers.jobs import MemoryJobBoard, QuarantinedImage
+from shared.settings import SettingsError, load_settings
+
+pytestmark = pytest.mark.unit
+
+
+def test_celery_runs_json_only_with_late_acks_and_a_long_visibility_timeout(tmp_path: Path) -> None:
+    settings = load_settings(
+        redis_url="redis://127.0.0.1:1/0",
+        data_dir=tmp_path,
+        refresh_sources="/looks/a,/looks/b.json",
+        refresh_interval_s=600,
+        worker_max_memory_per_child_kb=500_000,
+    )
+    conf = celery_config(settings)
+    assert conf["broker_url"] == conf["result_backend"] == "redis://127.0.0.1:1/0"
+    assert conf["task_serializer"] == conf["result_serializer"] == "json"
+    assert conf["accept_content"] == ["json"]
+    assert conf["task_acks_late"] and conf["task_reject_on_worker_lost"]
+    assert conf["worker_prefetch_multiplier"] == 1
+    assert conf["worker_max_memory_per_child"] == 500_000
+    assert conf["broker_transport_options"]["visibility_timeout"] > conf["task_time_limit"]
+    schedule = conf["beat_schedule"]
+    assert {entry["args"] for entry in schedule.values()} == {("/looks/a",), ("/looks/b.json",)}
+    assert all(entry["task"] == REFRESH_TASK and entry["schedule"] == 600 for entry in schedule.values())
+
+
+def test_a_visibility_timeout_shorter_than_a_task_is_refused() -> None:
+    with pytest.raises(SettingsError, match="LOOKBOOK_VISIBILITY_TIMEOUT_S"):
+        load_settings(task_time_limit_s=600, visibility_timeout_s=300)
+
+
+def test_no_broker_means_no_celery_app() -> None:
+    with pytest.raises(MissingBrokerError, match="LOOKBOOK_REDIS_URL"):
+        create_app(load_settings())
+    with pytest.raises(SettingsError, match="LOOKBOOK_REDIS_URL"):
+        load_settings(mode="scale-out")
+
+
+def test_only_transient_faults_are_retried_with_backoff(tmp_path: Path) -> None:
+    import redis
+
+    from services.workers.refresh import TransientError
+
+    app = create_app(load_settings(redis_url="redis://127.0.0.1:1/0", data_dir=tmp_path, task_max_retries=3))
+    app.loader.import_default_modules()
+    task = app.tasks[INGEST_TASK]
+    assert set(task.autoretry_for) == {
+        TransientError,
+        redis.exceptions.ConnectionError,
+        redis.exceptions.TimeoutError,
+    }
+    assert task.retry_backoff and task.retry_jitter
+    assert task.max_retries == 3
+    app.close()
+
+
+def test_memory_board_counts_each_look_once(tmp_path: Path) -> None:
+    jobs = MemoryJobBoard(tmp_path / "quarantine.json")
+    job_id = jobs.create("src")
+    jobs.plan(job_id, ["a", "b"], skipped=1)
+    jobs.mark(job_id, "a", "done")
+    jobs.mark(job_id, "a", "done")
+    progress = jobs.progress(job_id)
+    assert progress is not None and (progress.state, progress.total, progress.done) == ("queued", 2, 1)
+    jobs.quarantine(QuarantinedImage(path="b", reason="corrupt", job_id=job_id))
+    jobs.mark(job_id, "b", "quarantined")
+    progress = jobs.progress(job_id)
+    assert progress is not None and progress.state == "succeeded" and progress.quarantined == 1
+    # The quarantine list outlives the process.
+    assert [q.reason for q in MemoryJobBoard(tmp_path / "quarantine.json").quarantined()] == ["corrupt"]
+
+
+def test_look_items_travel_as_json() -> None:
+    import json
+
+    from services.workers.refresh import item_from_json, item_to_json
+    from shared.library import LookItem
+    from shared.models.pipeline import KnownGarment
+
+    item = LookItem(
+        path=Path("/x/look.jpg"),
+        tags=("denim",),
+        source="blog",
+        attribution="A. Person",
+        known=(KnownGarment(kind="top", box=(1.0, 2.0, 3.0, 4.0)),),
+        status="approved",
+    )
+    assert item_from_json(json.loads(json.dumps(item_to_json(item)))) == item
