@@ -19,6 +19,8 @@ COMMAND_MODULES: list[str] = [
     "services.commands.compat",
     "services.commands.curation",
     "services.commands.quality",
+    "services.commands.refresh",
+    "services.commands.bench_ingest",
 ]
 
 
