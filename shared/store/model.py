@@ -336,7 +336,7 @@ def vector_list(name: str, vector: Sequence[float] | np.ndarray, dim: int) -> li
         )
     if not array.any():
         raise InvalidLookError(f"vector {name!r} is all zeros; cosine similarity is undefined for it")
-    return [float(v) for v in array.tolist()]
+    return array.tolist()  # type: ignore[no-any-return]
 
 
 def check_vector_name(name: str) -> str:

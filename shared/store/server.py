@@ -226,19 +226,25 @@ class ServerLookStore(LookStoreBase):
 
     def _create_collection(self, version: str, dims: VectorDims, *, rebuild_started_at: float | None) -> None:
         name = self._name(version)
-        self._call(
-            self.client.create_collection,
-            name,
-            vectors_config={
-                n: qm.VectorParams(size=size, distance=qm.Distance.COSINE)
-                for n, size in dims.by_name().items()
-            },
-            shard_number=self.shard_number,
-            replication_factor=self.replication_factor,
-            write_consistency_factor=self.write_consistency_factor,
-            hnsw_config=qm.HnswConfigDiff(m=self.hnsw_m, ef_construct=self.hnsw_ef_construct),
-            metadata={"model_version": version, "rebuild_started_at": rebuild_started_at},
-        )
+        try:
+            self._call(
+                self.client.create_collection,
+                name,
+                vectors_config={
+                    n: qm.VectorParams(size=size, distance=qm.Distance.COSINE)
+                    for n, size in dims.by_name().items()
+                },
+                shard_number=self.shard_number,
+                replication_factor=self.replication_factor,
+                write_consistency_factor=self.write_consistency_factor,
+                hnsw_config=qm.HnswConfigDiff(m=self.hnsw_m, ef_construct=self.hnsw_ef_construct),
+                metadata={"model_version": version, "rebuild_started_at": rebuild_started_at},
+            )
+        except StoreError:
+            # Another process may have created it a moment ago (two workers starting together);
+            # creating the payload indexes again is harmless.
+            if not self._call(self.client.collection_exists, name):
+                raise
         with warnings.catch_warnings():
             # Local mode warns that it ignores payload indexes; the calls still exercise the server path.
             warnings.filterwarnings("ignore", message="Payload indexes have no effect")
