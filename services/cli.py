@@ -16,6 +16,7 @@ COMMAND_MODULES: list[str] = [
     "services.commands.serve",
     "services.commands.library",
     "services.commands.match",
+    "services.commands.match_eval",
     "services.commands.compat",
     "services.commands.curation",
     "services.commands.quality",
