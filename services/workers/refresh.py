@@ -329,6 +329,10 @@ def ingest_looks(rt: LibraryRuntime, items: Sequence[Any], job_id: str) -> list[
     results = []
     for item in items:
         path = str(item.path)
+        if (reason := undecodable(item.path, limits_of(rt.settings))) is not None:
+            quarantine(rt, job_id, path, reason)
+            results.append(IngestResult(path, "quarantined"))
+            continue
         try:
             outcome = ingest_look(
                 item,
@@ -360,6 +364,27 @@ def ingest_looks(rt: LibraryRuntime, items: Sequence[Any], job_id: str) -> list[
                 },
             )
     return results
+
+
+def undecodable(path: Path, limits: Any) -> str | None:
+    """Why the image at `path` cannot be ingested, or None when it decodes within the limits.
+
+    Checked before any other work so that every fault of the file itself is permanent and quarantined;
+    some broken headers make Pillow raise OSError from Image.open, which decode_image does not wrap.
+    """
+    from shared.images import ImageRejected, decode_image
+
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        return f"unreadable: {exc.strerror or exc}"
+    try:
+        decode_image(data, limits)
+    except ImageRejected as exc:
+        return str(exc)
+    except (OSError, SyntaxError, ValueError) as exc:
+        return f"the image is corrupt or truncated ({exc}): re-export or re-upload the photo"
+    return None
 
 
 def reembed(rt: LibraryRuntime, model_version: str) -> int:
