@@ -275,12 +275,13 @@ class LookStoreBase(ABC):
                         existing.setdefault(look_id, record)
                 now = now_epoch()
                 items = []
-                for look_id, (record, vectors) in unique.items():
+                for k, (look_id, (record, vectors)) in enumerate(unique.items()):
                     merged = merge_reimport(
                         record,
                         existing.get(look_id),
                         keep_curation=keep_curation,
-                        now=now,
+                        # A microsecond apart keeps import order and spares ordered paging long ties.
+                        now=now + k * 1e-6,
                         bump=curation_from is None,
                     )
                     items.append((look_id, vectors, merged.to_payload()))

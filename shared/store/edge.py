@@ -64,6 +64,7 @@ class EdgeLookStore(LookStoreBase):
         (self.root / "versions").mkdir(parents=True, exist_ok=True)
         self._lock_file = self._take_process_lock()
         self._shards: dict[str, qe.EdgeShard] = {}
+        self._dims: dict[str, VectorDims] = {}
         self._live: str | None = None
         try:
             live = self._read_pointer()
@@ -176,15 +177,20 @@ class EdgeLookStore(LookStoreBase):
         return shard
 
     def _collection_dims(self, version: str) -> VectorDims | None:
+        dims = self._dims.get(version)
+        if dims is not None:  # every search asks: no file read on the hot path
+            return dims
         meta = self._read_meta(version)
         if meta is None or not self._shard_dir(version).is_dir():
             return None
-        return VectorDims(int(meta["dims"][0]), int(meta["dims"][1]))
+        dims = VectorDims(int(meta["dims"][0]), int(meta["dims"][1]))
+        self._dims[version] = dims
+        return dims
 
     def _create_collection(self, version: str, dims: VectorDims, *, rebuild_started_at: float | None) -> None:
         directory = self._shard_dir(version)
         if directory.exists():
-            shutil.rmtree(directory)  # a half-created shard without its meta file
+            self._drop_collection(version)  # a half-created shard without its meta file
         shard = qe.EdgeShard.create(str(directory), self._config(dims))
         for name in KEYWORD_INDEXES:
             shard.update(qe.UpdateOperation.create_field_index(name, qe.PayloadSchemaType.Keyword))
@@ -202,6 +208,7 @@ class EdgeLookStore(LookStoreBase):
         )
 
     def _drop_collection(self, version: str) -> None:
+        self._dims.pop(version, None)
         shard = self._shards.pop(version, None)
         if shard is not None:
             shard.close()
