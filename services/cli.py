@@ -22,6 +22,7 @@ COMMAND_MODULES: list[str] = [
     "services.commands.quality",
     "services.commands.refresh",
     "services.commands.bench_ingest",
+    "services.commands.vision_models",
 ]
 
 

@@ -62,8 +62,10 @@ def build_http_app(settings: Settings, store: LookStore, extra_routes: list[Base
         except InvalidLookError as exc:
             return JSONResponse({"error": str(exc)}, status_code=404)
         if data is None:
-            return JSONResponse({"error": f"look {look_id} has no {kind} to show: use a crop_uri from MatchOutfit"},
-                                status_code=404)
+            return JSONResponse(
+                {"error": f"look {look_id} has no {kind} to show: use a crop_uri from MatchOutfit"},
+                status_code=404,
+            )
         return Response(data, media_type="image/jpeg", headers={"Cache-Control": f"public, max-age={CACHE_SECONDS}"})
 
     async def healthz(request: Request) -> Response:
@@ -76,4 +78,3 @@ def build_http_app(settings: Settings, store: LookStore, extra_routes: list[Base
         *(extra_routes or []),
     ]
     return Starlette(routes=routes)
-

@@ -55,14 +55,16 @@ def local_vision(settings: Settings):  # type: ignore[no-untyped-def]
 
 def prepare_library(settings: Settings, store: LookStore, vision: Any, *, import_demo: bool = True) -> None:
     """Makes the live collection match the vision models, and fills an empty library with the demo looks."""
-    from shared.library import import_looks, read_source, reembed_library, vector_dims
     from tqdm import tqdm
+
+    from shared.library import import_looks, read_source, reembed_library, vector_dims
 
     dims = vector_dims((vision.pipeline.embedding_dim, vision.pipeline.compat_dim))
     live = store.live_version()
     if live is not None and live != vision.model_version:
         log.info("re-embedding the library for new models", extra={"from": live, "to": vision.model_version})
         with tqdm(desc=f"re-embed for {vision.model_version}", unit="look", file=sys.stderr) as bar:
+
             def step(done: int, total: int) -> None:
                 bar.total = total
                 bar.update(done - bar.n)
@@ -73,15 +75,20 @@ def prepare_library(settings: Settings, store: LookStore, vision: Any, *, import
         items = read_source(settings.demo_dir / "looks.json")
         with tqdm(items, desc="importing the demo library", unit="look", file=sys.stderr) as bar:
             report = import_looks(
-                items, analyzer=vision, store=store, images_dir=settings.images_dir,
-                auto_approve_quality=settings.auto_approve_quality, max_image_bytes=settings.max_image_bytes,
+                items,
+                analyzer=vision,
+                store=store,
+                images_dir=settings.images_dir,
+                auto_approve_quality=settings.auto_approve_quality,
+                max_image_bytes=settings.max_image_bytes,
                 progress=lambda _: bar.update(),
             )
         log.info("demo library imported", extra={"added": report.added, "rejected": len(report.rejected)})
 
 
-async def start(settings: Settings, service: str = "all", *, import_demo: bool = True,
-                random_ports: bool = False) -> Running:
+async def start(
+    settings: Settings, service: str = "all", *, import_demo: bool = True, random_ports: bool = False
+) -> Running:
     """Starts the named service(s); ports are taken from settings, or picked free with random_ports."""
     if service not in SERVICES:
         raise ValueError(f"unknown service {service!r}: use one of {', '.join(SERVICES)}")
@@ -101,15 +108,23 @@ async def start(settings: Settings, service: str = "all", *, import_demo: bool =
             from services.http_app import build_http_app
 
             app = build_http_app(settings, running.store)
-            config = uvicorn.Config(app, host=settings.host, port=port(settings.http_port), log_config=None,
-                                    access_log=False, lifespan="off")
+            config = uvicorn.Config(
+                app,
+                host=settings.host,
+                port=port(settings.http_port),
+                log_config=None,
+                access_log=False,
+                lifespan="off",
+            )
             running.http = uvicorn.Server(config)
             running.http_task = asyncio.create_task(running.http.serve())
             while not running.http.started:
                 if running.http_task.done():
                     running.http_task.result()
-                    raise OSError(f"the HTTP server could not listen on {settings.host}:{settings.http_port}: "
-                                  "free the port or set LOOKBOOK_HTTP_PORT")
+                    raise OSError(
+                        f"the HTTP server could not listen on {settings.host}:{settings.http_port}: "
+                        "free the port or set LOOKBOOK_HTTP_PORT"
+                    )
                 await asyncio.sleep(0.02)
             sockets = [s for srv in running.http.servers for s in srv.sockets]
             running.ports["http"] = sockets[0].getsockname()[1] if sockets else settings.http_port
@@ -130,8 +145,9 @@ async def start(settings: Settings, service: str = "all", *, import_demo: bool =
                 from services.vision.client import RemoteVision
 
                 gateway_vision = RemoteVision(settings)
-            server, health_servicer, bound, names = gateway_server(settings, gateway_vision, running.store,
-                                                                   port(settings.gateway_port))
+            server, health_servicer, bound, names = gateway_server(
+                settings, gateway_vision, running.store, port(settings.gateway_port)
+            )
             running.servers.append((server, health_servicer, names))
             running.ports["gateway"] = bound
         for server, health_servicer, names in running.servers:

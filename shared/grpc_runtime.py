@@ -51,9 +51,7 @@ def bind(server: grpc.aio.Server, settings: Settings, port: int) -> int:
     """Binds host:port (0 picks a free port), over TLS when a certificate is configured."""
     address = f"{settings.host}:{port}"
     if settings.tls_cert and settings.tls_key:
-        credentials = grpc.ssl_server_credentials(
-            [(settings.tls_key.read_bytes(), settings.tls_cert.read_bytes())]
-        )
+        credentials = grpc.ssl_server_credentials([(settings.tls_key.read_bytes(), settings.tls_cert.read_bytes())])
         bound = server.add_secure_port(address, credentials)
     else:
         bound = server.add_insecure_port(address)

@@ -45,13 +45,9 @@ def decode_image(data: bytes, limits: ImageLimits) -> Image.Image:
     try:
         image = Image.open(io.BytesIO(data))
     except UnidentifiedImageError:
-        raise ImageRejected(
-            "the bytes are not a recognised image: send a JPEG, PNG or WebP photo"
-        ) from None
+        raise ImageRejected("the bytes are not a recognised image: send a JPEG, PNG or WebP photo") from None
     if image.format not in ACCEPTED_FORMATS:
-        raise ImageRejected(
-            f"{image.format} images are not supported: convert the photo to JPEG, PNG or WebP"
-        )
+        raise ImageRejected(f"{image.format} images are not supported: convert the photo to JPEG, PNG or WebP")
     width, height = image.size
     if width * height > limits.max_pixels:
         raise ImageRejected(
@@ -69,9 +65,7 @@ def decode_image(data: bytes, limits: ImageLimits) -> Image.Image:
             image.load()
         image = ImageOps.exif_transpose(image)
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError, Warning) as exc:
-        raise ImageRejected(
-            f"the image is corrupt or truncated ({exc}): re-export or re-upload the photo"
-        ) from None
+        raise ImageRejected(f"the image is corrupt or truncated ({exc}): re-export or re-upload the photo") from None
     return image.convert("RGB")
 
 

@@ -260,9 +260,7 @@ def ingest_look(
     try:
         size = item.path.stat().st_size
         if size > max_image_bytes:
-            raise ImageRejected(
-                f"{item.path} is {size / 2**20:.1f} MB, above LOOKBOOK_MAX_IMAGE_BYTES: downscale it"
-            )
+            raise ImageRejected(f"{item.path} is {size / 2**20:.1f} MB, above LOOKBOOK_MAX_IMAGE_BYTES: downscale it")
         data = item.path.read_bytes()
     except FileNotFoundError:
         raise ImageRejected(f"{item.path} does not exist: fix the source or remove the entry") from None
@@ -355,10 +353,17 @@ def reembed_library(
         )
         data = (images_dir / look.image_path).read_bytes()
         analysis = analyzer.analyze_sync(data, known=known, want_quality=True)
-        item = LookItem(path=images_dir / look.image_path, tags=tuple(look.tags), source=look.source,
-                        attribution=look.attribution, known=known, extra={})
-        point = look_point(look.look_id, look.image_path, analysis, item, status=look.status,
-                           sha256=look.content_sha256)
+        item = LookItem(
+            path=images_dir / look.image_path,
+            tags=tuple(look.tags),
+            source=look.source,
+            attribution=look.attribution,
+            known=known,
+            extra={},
+        )
+        point = look_point(
+            look.look_id, look.image_path, analysis, item, status=look.status, sha256=look.content_sha256
+        )
         pending.append(point)
         if len(pending) >= batch:
             writer.upsert(pending)

@@ -96,11 +96,15 @@ class Settings(BaseSettings):
     worker_concurrency: int = Field(1, ge=1, le=64, description="Worker processes per `python -m services.workers`.")
     task_time_limit_s: float = Field(900.0, ge=10, le=86400, description="Hard time limit of one library task.")
     visibility_timeout_s: float = Field(
-        3600.0, ge=20, le=7 * 86400,
+        3600.0,
+        ge=20,
+        le=7 * 86400,
         description="Redis redelivers an unacknowledged task after this; must exceed LOOKBOOK_TASK_TIME_LIMIT_S.",
     )
     worker_max_memory_per_child_kb: int = Field(
-        3_000_000, ge=100_000, description="A worker process is replaced after a task leaves it above this RSS."
+        3_000_000,
+        ge=100_000,
+        description="A worker process is replaced after a task leaves it above this RSS.",
     )
     ingest_chunk_size: int = Field(8, ge=1, le=1000, description="Looks per ingestion task of a refresh.")
     task_max_retries: int = Field(6, ge=0, le=100, description="Retries of a task after a transient fault.")
@@ -108,10 +112,16 @@ class Settings(BaseSettings):
 
     # --- editors (curation)
     editor_session_ttl_s: float = Field(
-        8 * 3600.0, ge=60, le=30 * 86400, description="Lifetime of an editor's console session or Login token."
+        8 * 3600.0,
+        ge=60,
+        le=30 * 86400,
+        description="Lifetime of an editor's console session or Login token.",
     )
     editor_token_ttl_s: float = Field(
-        30 * 86400.0, ge=60, le=365 * 86400, description="Lifetime of a token made by `lookbook editors token`."
+        30 * 86400.0,
+        ge=60,
+        le=365 * 86400,
+        description="Lifetime of a token made by `lookbook editors token`.",
     )
 
     # --- process
@@ -119,7 +129,8 @@ class Settings(BaseSettings):
     log_level: str = Field("INFO", pattern="^(DEBUG|INFO|WARNING|ERROR)$")
     metrics_port: int = Field(0, ge=0, le=65535, description="Prometheus /metrics port of this process; 0 disables.")
     otel_endpoint: str = Field(
-        "", description="OTLP gRPC endpoint for traces (needs the opentelemetry packages); empty disables tracing."
+        "",
+        description="OTLP gRPC endpoint for traces (needs the opentelemetry packages); empty disables tracing.",
     )
 
     @field_validator("api_keys", "refresh_sources", mode="before")

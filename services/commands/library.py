@@ -12,8 +12,12 @@ from services.commands.common import fail, settings_or_exit
 
 @click.command(name="import")
 @click.argument("source", type=click.Path(exists=True))
-@click.option("--status", type=click.Choice(["pending", "approved"]), default=None,
-              help="Status for looks whose source names none (default: the auto-approve policy).")
+@click.option(
+    "--status",
+    type=click.Choice(["pending", "approved"]),
+    default=None,
+    help="Status for looks whose source names none (default: the auto-approve policy).",
+)
 def import_(source: str, status: str | None) -> None:
     """Import looks from SOURCE: a directory of images, a looks.json, or a JSON/CSV manifest.
 
@@ -44,9 +48,15 @@ def import_(source: str, status: str | None) -> None:
         vision = local_vision(settings)
         prepare_library(settings, store, vision, import_demo=False)
         with tqdm(items, desc="importing looks", unit="look", file=sys.stderr) as bar:
-            report = import_looks(items, analyzer=vision, store=store, images_dir=settings.images_dir,
-                                  auto_approve_quality=settings.auto_approve_quality,
-                                  max_image_bytes=settings.max_image_bytes, progress=lambda _: bar.update())
+            report = import_looks(
+                items,
+                analyzer=vision,
+                store=store,
+                images_dir=settings.images_dir,
+                auto_approve_quality=settings.auto_approve_quality,
+                max_image_bytes=settings.max_image_bytes,
+                progress=lambda _: bar.update(),
+            )
     finally:
         store.close()
     click.echo(f"added {report.added}, already present {report.skipped}, rejected {len(report.rejected)}")
@@ -70,9 +80,18 @@ def stats(as_json: bool) -> None:
     except StoreError as exc:
         fail(str(exc))
     if as_json:
-        click.echo(json.dumps({"model_version": result.model_version, "total": result.total,
-                               "by_status": result.by_status, "by_source": result.by_source,
-                               "quality_histogram": result.quality_histogram}, indent=2))
+        click.echo(
+            json.dumps(
+                {
+                    "model_version": result.model_version,
+                    "total": result.total,
+                    "by_status": result.by_status,
+                    "by_source": result.by_source,
+                    "quality_histogram": result.quality_histogram,
+                },
+                indent=2,
+            )
+        )
         return
     click.echo(f"model version  {result.model_version or '(empty library)'}")
     click.echo(f"looks          {result.total}")

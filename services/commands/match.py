@@ -46,47 +46,85 @@ def contact_sheet(query: bytes, response: object, out: Path, *, thumb_height: in
 
 @click.command()
 @click.argument("photo", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option("--kind", type=click.Choice(list(KINDS)), default="auto", show_default=True,
-              help="The garment to match; auto lets the vision service decide.")
-@click.option("--path", "ranking", type=click.Choice(list(PATHS)), default="blend", show_default=True,
-              help="Ranking path.")
+@click.option(
+    "--kind",
+    type=click.Choice(list(KINDS)),
+    default="auto",
+    show_default=True,
+    help="The garment to match; auto lets the vision service decide.",
+)
+@click.option(
+    "--path",
+    "ranking",
+    type=click.Choice(list(PATHS)),
+    default="blend",
+    show_default=True,
+    help="Ranking path.",
+)
 @click.option("--limit", type=int, default=0, help="Matches to return (0: the server's default).")
 @click.option("--tag", "tags", multiple=True, help="Only looks with this tag (repeatable).")
 @click.option("--gateway", default=None, help="host:port of the gateway [default: LOOKBOOK_HOST:GATEWAY_PORT].")
 @click.option("--api-key", default=None, help="API key, when the gateway requires one.")
 @click.option("--timeout", type=float, default=30.0, show_default=True, help="Deadline in seconds.")
-@click.option("--sheet", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Also write a contact sheet PNG of the query and its matches.")
-def match(photo: Path, kind: str, ranking: str, limit: int, tags: tuple[str, ...], gateway: str | None,
-          api_key: str | None, timeout: float, sheet: Path | None) -> None:
+@click.option(
+    "--sheet",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Also write a contact sheet PNG of the query and its matches.",
+)
+def match(
+    photo: Path,
+    kind: str,
+    ranking: str,
+    limit: int,
+    tags: tuple[str, ...],
+    gateway: str | None,
+    api_key: str | None,
+    timeout: float,
+    sheet: Path | None,
+) -> None:
     """Send PHOTO of a top (or a bottom) to the gateway and print the paired garments it returns."""
     settings = settings_or_exit()
     from lookbook.common.v1 import garment_pb2
     from lookbook.outfit.v1 import outfit_pb2, outfit_pb2_grpc
 
     data = photo.read_bytes()
-    request = outfit_pb2.MatchOutfitRequest(image=data, kind=KINDS[kind], limit=limit, tags=list(tags),  # type: ignore[arg-type]
-                                            path=PATHS[ranking])  # type: ignore[arg-type]
+    request = outfit_pb2.MatchOutfitRequest(
+        image=data,
+        kind=KINDS[kind],
+        limit=limit,
+        tags=list(tags),  # type: ignore[arg-type]
+        path=PATHS[ranking],
+    )  # type: ignore[arg-type]
     with gateway_channel(settings, gateway) as channel:
         try:
             response = outfit_pb2_grpc.OutfitServiceStub(channel).MatchOutfit(
-                request, timeout=timeout, metadata=api_metadata(settings, api_key))
+                request, timeout=timeout, metadata=api_metadata(settings, api_key)
+            )
         except grpc.RpcError as exc:
             code = exc.code()  # type: ignore[attr-defined]
-            hint = " (is `lookbook serve` running? start it with `make run`)" if code == grpc.StatusCode.UNAVAILABLE else ""
+            hint = (
+                " (is `lookbook serve` running? start it with `make run`)"
+                if code == grpc.StatusCode.UNAVAILABLE
+                else ""
+            )
             fail(f"{code.name}: {exc.details()}{hint}")  # type: ignore[attr-defined]
     name = garment_pb2.GarmentKind.Name
     q = response.query
-    click.echo(f"query: {name(q.kind).removeprefix('GARMENT_KIND_').lower()} "
-               f"(confidence {q.confidence:.2f}), box ({q.box.x0:.0f}, {q.box.y0:.0f}, {q.box.x1:.0f}, {q.box.y1:.0f})"
-               f"  model {response.model_version}")
+    click.echo(
+        f"query: {name(q.kind).removeprefix('GARMENT_KIND_').lower()} "
+        f"(confidence {q.confidence:.2f}), box ({q.box.x0:.0f}, {q.box.y0:.0f}, {q.box.x1:.0f}, {q.box.y1:.0f})"
+        f"  model {response.model_version}"
+    )
     if not response.matches:
         click.echo("no matches: the library has no approved look with that garment (try without --tag)")
     click.echo(f"{'#':>3}  {'score':>6}  {'alike':>6}  {'compat':>6}  {'pair':<7} {'look':<36}  tags")
     for rank, m in enumerate(response.matches, start=1):
-        click.echo(f"{rank:>3}  {m.score:6.3f}  {m.path_scores.look_alike:6.3f}  {m.path_scores.compatibility:6.3f}  "
-                   f"{name(m.garment_kind).removeprefix('GARMENT_KIND_').lower():<7} {m.look_id:<36}  "
-                   f"{', '.join(m.tags)}")
+        click.echo(
+            f"{rank:>3}  {m.score:6.3f}  {m.path_scores.look_alike:6.3f}  {m.path_scores.compatibility:6.3f}  "
+            f"{name(m.garment_kind).removeprefix('GARMENT_KIND_').lower():<7} {m.look_id:<36}  "
+            f"{', '.join(m.tags)}"
+        )
         click.echo(f"{'':>3}  {m.crop_uri}")
     if sheet:
         contact_sheet(data, response, sheet)

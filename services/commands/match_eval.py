@@ -29,11 +29,21 @@ def _crop_jpeg(path: Path, box: tuple[float, float, float, float]) -> bytes:
 
 
 @click.command(name="match")
-@click.option("--data", "data_dir", type=click.Path(exists=True, path_type=Path), required=True,
-              help="A looks.json, or a directory holding one (e.g. demo/ or ../shared/data/looks).")
+@click.option(
+    "--data",
+    "data_dir",
+    type=click.Path(exists=True, path_type=Path),
+    required=True,
+    help="A looks.json, or a directory holding one (e.g. demo/ or ../shared/data/looks).",
+)
 @click.option("--limit", type=int, default=0, help="Evaluate only the first N looks with both boxes (0: all).")
-@click.option("--json", "json_out", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Also write the figures as JSON here.")
+@click.option(
+    "--json",
+    "json_out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Also write the figures as JSON here.",
+)
 def match_eval(data_dir: Path, limit: int, json_out: Path | None) -> None:
     """Self-retrieval: each look's top crop should return that look's bottom at rank 1 (and vice versa)."""
     from tqdm import tqdm
@@ -79,9 +89,15 @@ def _run(settings, items, tqdm):  # type: ignore[no-untyped-def]
             approved = [replace(i, status="approved") for i in items]
             with tqdm(approved, desc="importing looks", unit="look", file=sys.stderr) as bar:
                 await asyncio.to_thread(
-                    import_looks, approved, analyzer=vision, store=running.store,
-                    images_dir=settings.images_dir, auto_approve_quality=0.0,
-                    max_image_bytes=settings.max_image_bytes, progress=lambda _: bar.update())
+                    import_looks,
+                    approved,
+                    analyzer=vision,
+                    store=running.store,
+                    images_dir=settings.images_dir,
+                    auto_approve_quality=0.0,
+                    max_image_bytes=settings.max_image_bytes,
+                    progress=lambda _: bar.update(),
+                )
             hits = {name: [0, 0] for name in ("top_auto", "top_given", "bottom_auto", "bottom_given")}
             async with grpc.aio.insecure_channel(f"127.0.0.1:{running.ports['gateway']}") as channel:
                 stub = outfit_pb2_grpc.OutfitServiceStub(channel)
@@ -91,16 +107,21 @@ def _run(settings, items, tqdm):  # type: ignore[no-untyped-def]
                         data = _crop_jpeg(item.path, known.box)
                         for mode, kind in (("auto", 0), ("given", 1 if known.kind == "top" else 2)):
                             reply = await stub.MatchOutfit(
-                                outfit_pb2.MatchOutfitRequest(image=data, kind=kind, limit=10,
-                                                              path=outfit_pb2.RANKING_PATH_LOOK_ALIKE),
-                                timeout=60)
+                                outfit_pb2.MatchOutfitRequest(
+                                    image=data, kind=kind, limit=10, path=outfit_pb2.RANKING_PATH_LOOK_ALIKE
+                                ),
+                                timeout=60,
+                            )
                             ids = [m.look_id for m in reply.matches]
                             tally = hits[f"{known.kind}_{mode}"]
                             tally[0] += bool(ids) and ids[0] == own
                             tally[1] += own in ids
             n = len(items)
-            return {"looks": n, "model_version": running.store.live_version(),
-                    **{k: {"rank1": v[0] / n, "top10": v[1] / n} for k, v in hits.items()}}
+            return {
+                "looks": n,
+                "model_version": running.store.live_version(),
+                **{k: {"rank1": v[0] / n, "top10": v[1] / n} for k, v in hits.items()},
+            }
         finally:
             await running.stop(grace=0)
 

@@ -11,8 +11,13 @@ from services.runtime import SERVICES
 
 
 @click.command()
-@click.option("--service", type=click.Choice(SERVICES), default="all", show_default=True,
-              help="Run every service in one process, or only this one.")
+@click.option(
+    "--service",
+    type=click.Choice(SERVICES),
+    default="all",
+    show_default=True,
+    help="Run every service in one process, or only this one.",
+)
 def serve(service: str) -> None:
     """Serve Lookbook over gRPC (and HTTP for images and the console) until SIGTERM or Ctrl-C.
 

@@ -59,10 +59,14 @@ class ApiKeyInterceptor(grpc.aio.ServerInterceptor):
         metadata = dict(handler_call_details.invocation_metadata or ())
         given = str(metadata.get("x-api-key", ""))
         if not given or not any(hmac.compare_digest(given, key) for key in self.keys):
-            return _deny(grpc.StatusCode.UNAUTHENTICATED,
-                         "a valid API key is required: send it in the `x-api-key` metadata")
+            return _deny(
+                grpc.StatusCode.UNAUTHENTICATED,
+                "a valid API key is required: send it in the `x-api-key` metadata",
+            )
         wait = self.bucket.take(given)
         if wait > 0:
-            return _deny(grpc.StatusCode.RESOURCE_EXHAUSTED,
-                         f"rate limit reached for this API key: retry in {wait:.1f} s")
+            return _deny(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"rate limit reached for this API key: retry in {wait:.1f} s",
+            )
         return await continuation(handler_call_details)

@@ -35,9 +35,16 @@ class Vision(Protocol):
     @property
     def model_version(self) -> str: ...
 
-    async def analyze(self, data: bytes, *, single_garment: bool = False, kind_hint: Kind | None = None,
-                      want_quality: bool = False, known: Sequence[KnownGarment] = (),
-                      timeout: float | None = None) -> Analysis: ...
+    async def analyze(
+        self,
+        data: bytes,
+        *,
+        single_garment: bool = False,
+        kind_hint: Kind | None = None,
+        want_quality: bool = False,
+        known: Sequence[KnownGarment] = (),
+        timeout: float | None = None,
+    ) -> Analysis: ...
 
 
 @dataclass
@@ -65,8 +72,9 @@ def look_to_proto(settings: Settings, look: LookRecord) -> garment_pb2.Look:
         look_id=look.look_id,
         image_uri=image_uri(settings, look),
         tags=look.tags,
-        colors=sorted({c for cs in (look.colors.values() if isinstance(look.colors, dict) else [look.colors])
-                       for c in cs}),
+        colors=sorted(
+            {c for cs in (look.colors.values() if isinstance(look.colors, dict) else [look.colors]) for c in cs}
+        ),
         source=look.source,
         attribution=look.attribution,
         quality_score=look.quality_score,
@@ -94,8 +102,14 @@ class Matcher:
         self.store = store
 
     def candidates(
-        self, kind: Kind, embedding: Sequence[float], compat: Sequence[float] | None, *, path: int,
-        tags: Sequence[str], limit: int,
+        self,
+        kind: Kind,
+        embedding: Sequence[float],
+        compat: Sequence[float] | None,
+        *,
+        path: int,
+        tags: Sequence[str],
+        limit: int,
     ) -> list[Candidate]:
         pair = PAIR[kind]
         pool = max(self.settings.candidate_pool, limit * 3)
@@ -103,7 +117,10 @@ class Matcher:
         if path in (outfit_pb2.RANKING_PATH_BLEND, outfit_pb2.RANKING_PATH_LOOK_ALIKE):
             for hit in self._search(kind, embedding, pool, tags):
                 found.setdefault(hit.look.look_id, Candidate(hit.look)).look_alike = hit.score
-        if compat is not None and path in (outfit_pb2.RANKING_PATH_BLEND, outfit_pb2.RANKING_PATH_COMPATIBILITY):
+        if compat is not None and path in (
+            outfit_pb2.RANKING_PATH_BLEND,
+            outfit_pb2.RANKING_PATH_COMPATIBILITY,
+        ):
             for hit in self._search(f"{pair}_compat", compat, pool, tags):
                 found.setdefault(hit.look.look_id, Candidate(hit.look)).compatibility = hit.score
         # A look can only answer the query if it shows the garment we return.
@@ -123,27 +140,36 @@ class Matcher:
         return 0.5 * c.look_alike + 0.5 * c.compatibility
 
     def _search(self, vector: str, query: Sequence[float], pool: int, tags: Sequence[str]) -> list[ScoredLook]:
-        return self.store.search(vector, query, limit=pool, statuses=PUBLIC_STATUSES, tags=tags,
-                                 min_quality=self.settings.min_quality)
+        return self.store.search(
+            vector,
+            query,
+            limit=pool,
+            statuses=PUBLIC_STATUSES,
+            tags=tags,
+            min_quality=self.settings.min_quality,
+        )
 
 
 class OutfitServicer(outfit_pb2_grpc.OutfitServiceServicer):
-    def __init__(self, settings: Settings, vision: Vision, store: LookStore,
-                 executor: ThreadPoolExecutor | None = None) -> None:
+    def __init__(
+        self, settings: Settings, vision: Vision, store: LookStore, executor: ThreadPoolExecutor | None = None
+    ) -> None:
         self.settings = settings
         self.vision = vision
         self.store = store
         self.matcher = Matcher(settings, store)
-        self.executor = executor or ThreadPoolExecutor(max_workers=settings.grpc_workers,
-                                                       thread_name_prefix="gateway")
+        self.executor = executor or ThreadPoolExecutor(max_workers=settings.grpc_workers, thread_name_prefix="gateway")
 
     def _validate(self, request: outfit_pb2.MatchOutfitRequest) -> tuple[int, list[str]]:
         if request.limit < 0:
-            raise BadRequest(f"limit is {request.limit}: ask for 1 to {self.settings.max_limit} matches, "
-                             "or 0 for the default")
+            raise BadRequest(
+                f"limit is {request.limit}: ask for 1 to {self.settings.max_limit} matches, or 0 for the default"
+            )
         if request.limit > self.settings.max_limit:
-            raise BadRequest(f"limit {request.limit} is above the maximum of {self.settings.max_limit} "
-                             "(LOOKBOOK_MAX_LIMIT): ask for fewer matches and page with tags")
+            raise BadRequest(
+                f"limit {request.limit} is above the maximum of {self.settings.max_limit} "
+                "(LOOKBOOK_MAX_LIMIT): ask for fewer matches and page with tags"
+            )
         if request.kind not in outfit_pb2.QueryKind.values():
             raise BadRequest(f"unknown kind {request.kind}: use AUTO, TOP or BOTTOM")
         if request.path not in outfit_pb2.RankingPath.values():
@@ -159,32 +185,49 @@ class OutfitServicer(outfit_pb2_grpc.OutfitServiceServicer):
         started = time.perf_counter()
         try:
             limit, tags = self._validate(request)
-            hint: Kind | None = {outfit_pb2.QUERY_KIND_TOP: "top", outfit_pb2.QUERY_KIND_BOTTOM: "bottom"}.get(
-                request.kind)
+            hint: Kind | None = {
+                outfit_pb2.QUERY_KIND_TOP: "top",
+                outfit_pb2.QUERY_KIND_BOTTOM: "bottom",
+            }.get(request.kind)
             remaining = context.time_remaining()
             analysis = await self.vision.analyze(
-                request.image, single_garment=True, kind_hint=hint,
+                request.image,
+                single_garment=True,
+                kind_hint=hint,
                 timeout=min(remaining, self.settings.vision_timeout_s) if remaining else self.settings.vision_timeout_s,
             )
             garment = max((g for g in analysis.garments if g.kind in PAIR), key=lambda g: g.confidence, default=None)
             if garment is None:
                 found = ", ".join(sorted({g.kind for g in analysis.garments})) or "nothing"
-                raise BadRequest(f"no top or bottom found in the photo (found {found}): photograph one top or "
-                                 "one bottom so that it fills most of the frame, or set kind to TOP or BOTTOM")
+                raise BadRequest(
+                    f"no top or bottom found in the photo (found {found}): photograph one top or "
+                    "one bottom so that it fills most of the frame, or set kind to TOP or BOTTOM"
+                )
             if request.path == outfit_pb2.RANKING_PATH_COMPATIBILITY and garment.compat is None:
-                await context.abort(grpc.StatusCode.FAILED_PRECONDITION,
-                                    "the compatibility model is not installed on this server: use BLEND or "
-                                    "LOOK_ALIKE, or ship the compat artifact")
+                await context.abort(
+                    grpc.StatusCode.FAILED_PRECONDITION,
+                    "the compatibility model is not installed on this server: use BLEND or "
+                    "LOOK_ALIKE, or ship the compat artifact",
+                )
             loop = asyncio.get_running_loop()
-            matches = await loop.run_in_executor(self.executor, lambda: self.matcher.candidates(
-                garment.kind, garment.embedding,
-                garment.compat if garment.compat is not None and garment.compat.size else None,
-                path=request.path, tags=tags, limit=limit))
+            matches = await loop.run_in_executor(
+                self.executor,
+                lambda: self.matcher.candidates(
+                    garment.kind,
+                    garment.embedding,
+                    garment.compat if garment.compat is not None and garment.compat.size else None,
+                    path=request.path,
+                    tags=tags,
+                    limit=limit,
+                ),
+            )
         except (BadRequest, ImageRejected) as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         except TimeoutError:
-            await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED,
-                                "the photo was not analysed before the deadline: retry with a longer deadline")
+            await context.abort(
+                grpc.StatusCode.DEADLINE_EXCEEDED,
+                "the photo was not analysed before the deadline: retry with a longer deadline",
+            )
         except VisionUnavailableError as exc:
             await context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
         except StoreError as exc:
@@ -192,22 +235,36 @@ class OutfitServicer(outfit_pb2_grpc.OutfitServiceServicer):
             await context.abort(grpc.StatusCode.UNAVAILABLE, f"the look library is unavailable ({exc}): retry shortly")
         pair = PAIR[garment.kind]
         response = outfit_pb2.MatchOutfitResponse(
-            query=outfit_pb2.QueryGarment(kind=KIND_TO_PROTO[garment.kind], box=box_to_proto(garment.box),  # type: ignore[arg-type]
-                                          confidence=garment.confidence),
+            query=outfit_pb2.QueryGarment(
+                kind=KIND_TO_PROTO[garment.kind],
+                box=box_to_proto(garment.box),  # type: ignore[arg-type]
+                confidence=garment.confidence,
+            ),
             model_version=analysis.model_version,
         )
         for c in matches:
             box = getattr(c.look, f"{pair}_box")
-            response.matches.append(outfit_pb2.Match(
-                look_id=c.look.look_id, image_uri=image_uri(self.settings, c.look),
-                garment_kind=KIND_TO_PROTO[pair], garment_box=box_to_proto(box),  # type: ignore[arg-type]
-                score=c.score,
-                path_scores=outfit_pb2.PathScores(look_alike=c.look_alike, compatibility=c.compatibility),
-                tags=c.look.tags, crop_uri=crop_uri(self.settings, c.look, pair),
-                featured=c.look.status == "featured",
-            ))
-        log.info("matched", extra={"kind": garment.kind, "matches": len(matches),
-                                   "ms": round((time.perf_counter() - started) * 1000, 1)})
+            response.matches.append(
+                outfit_pb2.Match(
+                    look_id=c.look.look_id,
+                    image_uri=image_uri(self.settings, c.look),
+                    garment_kind=KIND_TO_PROTO[pair],
+                    garment_box=box_to_proto(box),  # type: ignore[arg-type]
+                    score=c.score,
+                    path_scores=outfit_pb2.PathScores(look_alike=c.look_alike, compatibility=c.compatibility),
+                    tags=c.look.tags,
+                    crop_uri=crop_uri(self.settings, c.look, pair),
+                    featured=c.look.status == "featured",
+                )
+            )
+        log.info(
+            "matched",
+            extra={
+                "kind": garment.kind,
+                "matches": len(matches),
+                "ms": round((time.perf_counter() - started) * 1000, 1),
+            },
+        )
         return response
 
     async def GetLook(self, request: outfit_pb2.GetLookRequest, context: grpc.aio.ServicerContext) -> garment_pb2.Look:
@@ -216,8 +273,10 @@ class OutfitServicer(outfit_pb2_grpc.OutfitServiceServicer):
         except InvalidLookError as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         if look is None or look.status not in PUBLIC_STATUSES:
-            await context.abort(grpc.StatusCode.NOT_FOUND,
-                                f"no look {request.look_id} in the library: use a look_id from MatchOutfit")
+            await context.abort(
+                grpc.StatusCode.NOT_FOUND,
+                f"no look {request.look_id} in the library: use a look_id from MatchOutfit",
+            )
         return look_to_proto(self.settings, look)
 
 

@@ -39,8 +39,14 @@ class RemoteVision:
     def model_version(self) -> str:
         return self._model_version
 
-    def _request(self, data: bytes, single_garment: bool, kind_hint: Kind | None, want_quality: bool,
-                 known: Sequence[KnownGarment]) -> vision_pb2.AnalyzeRequest:
+    def _request(
+        self,
+        data: bytes,
+        single_garment: bool,
+        kind_hint: Kind | None,
+        want_quality: bool,
+        known: Sequence[KnownGarment],
+    ) -> vision_pb2.AnalyzeRequest:
         return vision_pb2.AnalyzeRequest(
             image=data,
             single_garment=single_garment,
@@ -69,24 +75,40 @@ class RemoteVision:
             "the vision service is running"
         )
 
-    def analyze_sync(self, data: bytes, *, single_garment: bool = False, kind_hint: Kind | None = None,
-                     want_quality: bool = False, known: Sequence[KnownGarment] = ()) -> Analysis:
+    def analyze_sync(
+        self,
+        data: bytes,
+        *,
+        single_garment: bool = False,
+        kind_hint: Kind | None = None,
+        want_quality: bool = False,
+        known: Sequence[KnownGarment] = (),
+    ) -> Analysis:
         try:
             response = self._sync_stub.Analyze(
                 self._request(data, single_garment, kind_hint, want_quality, known),
-                timeout=self.timeout, metadata=self._metadata(),
+                timeout=self.timeout,
+                metadata=self._metadata(),
             )
         except grpc.RpcError as exc:
             raise self._translate(exc) from None
         return self._result(response)
 
-    async def analyze(self, data: bytes, *, single_garment: bool = False, kind_hint: Kind | None = None,
-                      want_quality: bool = False, known: Sequence[KnownGarment] = (),
-                      timeout: float | None = None) -> Analysis:
+    async def analyze(
+        self,
+        data: bytes,
+        *,
+        single_garment: bool = False,
+        kind_hint: Kind | None = None,
+        want_quality: bool = False,
+        known: Sequence[KnownGarment] = (),
+        timeout: float | None = None,
+    ) -> Analysis:
         try:
             response = await self._aio_stub.Analyze(
                 self._request(data, single_garment, kind_hint, want_quality, known),
-                timeout=min(timeout or self.timeout, self.timeout), metadata=self._metadata(),
+                timeout=min(timeout or self.timeout, self.timeout),
+                metadata=self._metadata(),
             )
         except grpc.RpcError as exc:
             raise self._translate(exc) from None

@@ -72,10 +72,13 @@ def analysis_from_proto(response: vision_pb2.AnalyzeResponse) -> Analysis:
 
 
 def known_from_proto(garments: list[garment_pb2.Garment]) -> list[KnownGarment]:
-    return [KnownGarment(kind=PROTO_TO_KIND[g.kind], box=box_from_proto(g.box)) for g in garments
-            if g.kind in PROTO_TO_KIND]
+    return [
+        KnownGarment(kind=PROTO_TO_KIND[g.kind], box=box_from_proto(g.box)) for g in garments if g.kind in PROTO_TO_KIND
+    ]
 
 
 def known_to_proto(known: list[KnownGarment]) -> list[garment_pb2.Garment]:
-    return [garment_pb2.Garment(kind=KIND_TO_PROTO[k.kind], box=box_to_proto(k.box), confidence=1.0)  # type: ignore[arg-type]
-            for k in known]
+    return [
+        garment_pb2.Garment(kind=KIND_TO_PROTO[k.kind], box=box_to_proto(k.box), confidence=1.0)  # type: ignore[arg-type]
+        for k in known
+    ]

@@ -25,7 +25,9 @@ SERVICE_NAME = vision_pb2.DESCRIPTOR.services_by_name["VisionService"].full_name
 
 def limits_from(settings: Settings) -> ImageLimits:
     return ImageLimits(
-        max_bytes=settings.max_image_bytes, max_pixels=settings.max_image_pixels, min_side=settings.min_image_side
+        max_bytes=settings.max_image_bytes,
+        max_pixels=settings.max_image_pixels,
+        min_side=settings.min_image_side,
     )
 
 
@@ -69,7 +71,11 @@ class LocalVision:
         work = loop.run_in_executor(
             self.executor,
             lambda: self.analyze_sync(
-                data, single_garment=single_garment, kind_hint=kind_hint, want_quality=want_quality, known=known
+                data,
+                single_garment=single_garment,
+                kind_hint=kind_hint,
+                want_quality=want_quality,
+                known=known,
             ),
         )
         return await asyncio.wait_for(work, timeout)
@@ -97,8 +103,10 @@ class VisionServicer(vision_pb2_grpc.VisionServiceServicer):
         except ImageRejected as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         except TimeoutError:
-            await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, "analysis did not finish before the deadline: "
-                                "retry with a longer deadline or a smaller photo")
+            await context.abort(
+                grpc.StatusCode.DEADLINE_EXCEEDED,
+                "analysis did not finish before the deadline: retry with a longer deadline or a smaller photo",
+            )
         return analysis_to_proto(analysis)
 
     async def AnalyzeBatch(
@@ -110,11 +118,14 @@ class VisionServicer(vision_pb2_grpc.VisionServiceServicer):
                 analysis = await self._analyze_one(item, context.time_remaining())
                 results.append(vision_pb2.AnalyzeResult(response=analysis_to_proto(analysis)))
             except ImageRejected as exc:
-                results.append(vision_pb2.AnalyzeResult(
-                    error=vision_pb2.AnalyzeError(code="INVALID_ARGUMENT", message=str(exc))))
+                results.append(
+                    vision_pb2.AnalyzeResult(error=vision_pb2.AnalyzeError(code="INVALID_ARGUMENT", message=str(exc)))
+                )
             except TimeoutError:
-                await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, "the batch did not finish before the "
-                                    "deadline: send fewer images per call or a longer deadline")
+                await context.abort(
+                    grpc.StatusCode.DEADLINE_EXCEEDED,
+                    "the batch did not finish before the deadline: send fewer images per call or a longer deadline",
+                )
         return vision_pb2.AnalyzeBatchResponse(results=results)
 
 

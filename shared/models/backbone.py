@@ -61,10 +61,15 @@ def _sha256(path: Path) -> str:
 
 def map_key(key: str) -> str:
     """Maps one key of the original EfficientNet-Lite0 checkpoint onto timm's tf_efficientnet_lite0."""
-    for old, new in (("_conv_stem.", "conv_stem."), ("_bn0.", "bn1."), ("_conv_head.", "conv_head."),
-                     ("_bn1.", "bn2."), ("_fc.", "classifier.")):
+    for old, new in (
+        ("_conv_stem.", "conv_stem."),
+        ("_bn0.", "bn1."),
+        ("_conv_head.", "conv_head."),
+        ("_bn1.", "bn2."),
+        ("_fc.", "classifier."),
+    ):
         if key.startswith(old):
-            return new + key[len(old):]
+            return new + key[len(old) :]
     match = re.match(r"_blocks\.(\d+)\._(\w+?)\.(.+)", key)
     if not match:
         raise WeightsError(f"unexpected key {key!r} in the backbone checkpoint")
@@ -76,8 +81,14 @@ def map_key(key: str) -> str:
     if index == 0:
         names = {"depthwise_conv": "conv_dw", "bn1": "bn1", "project_conv": "conv_pw", "bn2": "bn2"}
     else:
-        names = {"expand_conv": "conv_pw", "bn0": "bn1", "depthwise_conv": "conv_dw",
-                 "bn1": "bn2", "project_conv": "conv_pwl", "bn2": "bn3"}
+        names = {
+            "expand_conv": "conv_pw",
+            "bn0": "bn1",
+            "depthwise_conv": "conv_dw",
+            "bn1": "bn2",
+            "project_conv": "conv_pwl",
+            "bn2": "bn3",
+        }
     return f"blocks.{stage}.{offset}.{names[layer]}.{rest}"
 
 

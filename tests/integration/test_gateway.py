@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import json
 import urllib.request
 from collections.abc import Iterator
 
@@ -17,8 +16,8 @@ from PIL import Image
 
 from shared.library import import_looks, read_source
 from shared.store import look_id_for
-from tests.support import DEMO
 from tests.servers import ServiceThread
+from tests.support import DEMO
 
 pytestmark = pytest.mark.integration
 N_LOOKS = 16
@@ -40,23 +39,34 @@ def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServiceThread]
     from shared.settings import load_settings
     from tests.support import free_port
 
-    settings = load_settings(data_dir=tmp_path_factory.mktemp("data"), http_port=free_port(), torch_threads=2,
-                             max_image_pixels=20_000_000)
+    settings = load_settings(
+        data_dir=tmp_path_factory.mktemp("data"),
+        http_port=free_port(),
+        torch_threads=2,
+        max_image_pixels=20_000_000,
+    )
     svc = ServiceThread(settings, "all")
     running = svc.running
     from services.runtime import local_vision
 
     analyzer = local_vision(settings)
-    import_looks(demo_items(), analyzer=analyzer, store=running.store, images_dir=settings.images_dir,
-                 auto_approve_quality=1.0, max_image_bytes=settings.max_image_bytes)
+    import_looks(
+        demo_items(),
+        analyzer=analyzer,
+        store=running.store,
+        images_dir=settings.images_dir,
+        auto_approve_quality=1.0,
+        max_image_bytes=settings.max_image_bytes,
+    )
     yield svc
     svc.stop()
 
 
 @pytest.fixture(scope="module")
 def outfit(service: ServiceThread) -> Iterator[outfit_pb2_grpc.OutfitServiceStub]:
-    with grpc.insecure_channel(service.address("gateway"),
-                               options=[("grpc.max_send_message_length", 64 * 2**20)]) as channel:
+    with grpc.insecure_channel(
+        service.address("gateway"), options=[("grpc.max_send_message_length", 64 * 2**20)]
+    ) as channel:
         yield outfit_pb2_grpc.OutfitServiceStub(channel)
 
 
@@ -64,8 +74,9 @@ def match(stub: outfit_pb2_grpc.OutfitServiceStub, image: bytes, **kw: object) -
     return stub.MatchOutfit(outfit_pb2.MatchOutfitRequest(image=image, **kw), timeout=60)  # type: ignore[arg-type]
 
 
-def test_top_crop_returns_its_own_looks_bottom(outfit: outfit_pb2_grpc.OutfitServiceStub,
-                                               service: ServiceThread) -> None:
+def test_top_crop_returns_its_own_looks_bottom(
+    outfit: outfit_pb2_grpc.OutfitServiceStub, service: ServiceThread
+) -> None:
     item = demo_items()[3]
     response = match(outfit, crop_bytes(item, "top"), kind=outfit_pb2.QUERY_KIND_TOP)
     assert response.query.kind == garment_pb2.GARMENT_KIND_TOP
@@ -119,8 +130,10 @@ def test_get_look(outfit: outfit_pb2_grpc.OutfitServiceStub) -> None:
     first = match(outfit, crop_bytes(demo_items()[1], "top"), kind=outfit_pb2.QUERY_KIND_TOP).matches[0]
     look = outfit.GetLook(outfit_pb2.GetLookRequest(look_id=first.look_id), timeout=10)
     assert look.look_id == first.look_id and look.HasField("bottom_box")
-    for bad, code in (("not-a-uuid", grpc.StatusCode.INVALID_ARGUMENT),
-                      ("00000000-0000-0000-0000-000000000000", grpc.StatusCode.NOT_FOUND)):
+    for bad, code in (
+        ("not-a-uuid", grpc.StatusCode.INVALID_ARGUMENT),
+        ("00000000-0000-0000-0000-000000000000", grpc.StatusCode.NOT_FOUND),
+    ):
         with pytest.raises(grpc.RpcError) as err:
             outfit.GetLook(outfit_pb2.GetLookRequest(look_id=bad), timeout=10)
         assert err.value.code() == code
@@ -177,12 +190,16 @@ def test_deadline_is_honoured(outfit: outfit_pb2_grpc.OutfitServiceStub) -> None
 def test_health_and_reflection(service: ServiceThread) -> None:
     from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-    for name, svc in (("gateway", "lookbook.outfit.v1.OutfitService"), ("vision", "lookbook.vision.v1.VisionService")):
+    for name, svc in (
+        ("gateway", "lookbook.outfit.v1.OutfitService"),
+        ("vision", "lookbook.vision.v1.VisionService"),
+    ):
         with grpc.insecure_channel(service.address(name)) as channel:
             status = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=svc), timeout=5)
             assert status.status == health_pb2.HealthCheckResponse.SERVING
             replies = reflection_pb2_grpc.ServerReflectionStub(channel).ServerReflectionInfo(
-                iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=5)
+                iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=5
+            )
             names = {s.name for reply in replies for s in reply.list_services_response.service}
             assert svc in names
 
@@ -196,9 +213,15 @@ def test_vision_analyze_and_batch(service: ServiceThread) -> None:
         assert {garment_pb2.GARMENT_KIND_TOP, garment_pb2.GARMENT_KIND_BOTTOM} <= kinds
         for g in response.garments:
             assert abs(sum(v * v for v in g.embedding) - 1.0) < 1e-3
-        batch = stub.AnalyzeBatch(vision_pb2.AnalyzeBatchRequest(requests=[
-            vision_pb2.AnalyzeRequest(image=item.path.read_bytes()), vision_pb2.AnalyzeRequest(image=b"nope")]),
-            timeout=60)
+        batch = stub.AnalyzeBatch(
+            vision_pb2.AnalyzeBatchRequest(
+                requests=[
+                    vision_pb2.AnalyzeRequest(image=item.path.read_bytes()),
+                    vision_pb2.AnalyzeRequest(image=b"nope"),
+                ]
+            ),
+            timeout=60,
+        )
         assert batch.results[0].HasField("response")
         assert batch.results[1].error.code == "INVALID_ARGUMENT"
 
@@ -209,9 +232,13 @@ def test_reimport_adds_nothing(service: ServiceThread) -> None:
     running = service.running
     store = running.store
     ids_before = {look.look_id for look in store.scroll(None, limit=1000).looks}
-    report = import_looks(demo_items(), analyzer=local_vision(running.settings), store=store,
-                          images_dir=running.settings.images_dir, auto_approve_quality=1.0,
-                          max_image_bytes=running.settings.max_image_bytes)
+    report = import_looks(
+        demo_items(),
+        analyzer=local_vision(running.settings),
+        store=store,
+        images_dir=running.settings.images_dir,
+        auto_approve_quality=1.0,
+        max_image_bytes=running.settings.max_image_bytes,
+    )
     assert report.added == 0 and report.skipped == N_LOOKS
     assert {look.look_id for look in store.scroll(None, limit=1000).looks} == ids_before
-    assert json.dumps(sorted(ids_before))
