@@ -1,8 +1,9 @@
 """Library tasks without Redis: the embedded default runs the same plain functions on a thread of its process.
 
-`import_jobs(settings, ...)` gives the curation service (and the CLI) the right runner for the mode:
-in-process when LOOKBOOK_MODE=embedded, Celery over Redis when scale-out. A missing broker in
-scale-out is an error; the embedded runner is never picked as a fallback.
+`library_runner(settings, ...)` gives the all-in-one process, the curation service (through
+`BoardImportJobs(runner.jobs, runner.launch, check_source=runner.check_source)`) and the CLI the
+runner of the mode: in-process when LOOKBOOK_MODE=embedded, Celery over Redis in scale-out. A
+missing broker in scale-out is an error; the embedded runner is never picked as a fallback.
 """
 
 from __future__ import annotations
@@ -60,14 +61,20 @@ class EmbeddedLibrary:
 
     def start(self, source: str, *, requested_by: str = "") -> str:
         """Queues a refresh of SOURCE; returns its job id. Raises ValueError for a bad source."""
+        self.check_source(source)  # fail now, in the caller's hands, for a missing or malformed source
+        job_id = self.jobs.create(source, requested_by=requested_by)
+        self.launch(job_id, source)
+        return job_id
+
+    def launch(self, job_id: str, source: str) -> None:
+        """Runs the refresh of an already created job on the background thread."""
+        self._executor.submit(self._run, source, job_id)
+
+    def check_source(self, source: str) -> None:
+        """Raises ValueError (SourceError) for a source that cannot be read, before any job exists."""
         from shared.library import read_source
 
-        read_source(
-            source
-        )  # fail now, in the caller's hands, for a missing or malformed source (SourceError)
-        job_id = self.jobs.create(source, requested_by=requested_by)
-        self._executor.submit(self._run, source, job_id)
-        return job_id
+        read_source(source)
 
     def run(self, source: str, *, requested_by: str = "") -> JobProgress:
         """Refreshes SOURCE in the calling thread and returns the finished job."""
@@ -128,11 +135,18 @@ class CeleryLibrary:
         )
 
     def start(self, source: str, *, requested_by: str = "") -> str:
+        job_id = self.jobs.create(source, requested_by=requested_by)
+        self.launch(job_id, source)
+        return job_id
+
+    def launch(self, job_id: str, source: str) -> None:
+        """Queues the refresh task of an already created job."""
         from services.workers.app import REFRESH_TASK
 
-        job_id = self.jobs.create(source, requested_by=requested_by)
         self.app.send_task(REFRESH_TASK, args=(source, job_id))
-        return job_id
+
+    def check_source(self, source: str) -> None:
+        """Workers may see other paths than this process: the refresh task checks the source itself."""
 
     def reembed(self, model_version: str) -> str:
         from services.workers.app import REEMBED_TASK
@@ -148,49 +162,6 @@ def library_runner(settings: Settings, **embedded: Any) -> EmbeddedLibrary | Cel
     if settings.mode is Mode.SCALE_OUT:
         return CeleryLibrary(settings)
     return EmbeddedLibrary(settings, **embedded)
-
-
-def progress_view(progress: JobProgress) -> dict[str, Any]:
-    """A job as the curation service's ImportJobView fields (quarantined count as failed there)."""
-    state = progress.state if progress.state in ("queued", "running", "succeeded", "failed") else "running"
-    return {
-        "job_id": progress.job_id,
-        "source": progress.source,
-        "state": state,
-        "total": progress.total,
-        "processed": progress.handled,
-        "imported": progress.done,
-        "skipped": progress.skipped,
-        "failed": progress.failed + progress.quarantined,
-        "error": progress.error,
-        "requested_by": progress.requested_by,
-        "created_at": progress.created_at,
-        "updated_at": progress.updated_at,
-    }
-
-
-class ImportJobsAdapter:
-    """The curation service's ImportJobs protocol over either runner."""
-
-    def __init__(self, runner: EmbeddedLibrary | CeleryLibrary) -> None:
-        self.runner = runner
-
-    def start(self, source: str, *, requested_by: str) -> Any:
-        job_id = self.runner.start(source, requested_by=requested_by)
-        view = self.get(job_id)
-        assert view is not None
-        return view
-
-    def get(self, job_id: str) -> Any:
-        from services.curation.imports import ImportJobView
-
-        progress = self.runner.jobs.progress(job_id)
-        return None if progress is None else ImportJobView(**progress_view(progress))
-
-    def recent(self, limit: int = 20) -> list[Any]:
-        from services.curation.imports import ImportJobView
-
-        return [ImportJobView(**progress_view(p)) for p in self.runner.jobs.recent(limit)]
 
 
 def wait_for(
@@ -216,11 +187,4 @@ def wait_for(
             time.sleep(poll_s)
 
 
-__all__ = [
-    "CeleryLibrary",
-    "EmbeddedLibrary",
-    "ImportJobsAdapter",
-    "library_runner",
-    "progress_view",
-    "wait_for",
-]
+__all__ = ["CeleryLibrary", "EmbeddedLibrary", "library_runner", "wait_for"]

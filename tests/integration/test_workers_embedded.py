@@ -5,11 +5,11 @@ from __future__ import annotations
 import logging
 import shutil
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from services.workers.embedded import EmbeddedLibrary, ImportJobsAdapter, library_runner, wait_for
+from services.curation.imports import BoardImportJobs
+from services.workers.embedded import EmbeddedLibrary, library_runner, wait_for
 from shared.settings import load_settings
 from shared.store import look_id_for, open_store
 
@@ -39,11 +39,12 @@ def test_embedded_refresh_runs_in_process_and_is_idempotent(
         assert [Path(q.path).name for q in runner.jobs.quarantined()] == ["broken.jpg"]
 
         # The console's view of imports: a background job, watched until done.
-        imports: Any = ImportJobsAdapter(runner)
+        imports = BoardImportJobs(runner.jobs, runner.launch, check_source=runner.check_source)
         view = imports.start(str(source), requested_by="editor")
         done = wait_for(runner.jobs, view.job_id, poll_s=0.1)
         assert (done.total, done.skipped) == (1, 3)  # only the quarantined file is tried again
-        assert imports.get(view.job_id).state == "succeeded"
+        again = imports.get(view.job_id)
+        assert again is not None and again.state == "succeeded"
         assert store.count() == 3
     finally:
         runner.close()
