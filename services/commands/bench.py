@@ -1,0 +1,201 @@
+"""`lookbook bench match`: MatchOutfit latency and throughput against a running gateway, beside the bare
+forward time of the models a query runs, measured in the same run on the same machine."""
+
+from __future__ import annotations
+
+import io
+import json
+import statistics
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import click
+import grpc
+
+from services.commands.common import api_metadata, fail, gateway_channel, settings_or_exit
+
+
+def query_photos(data_dir: Path, count: int) -> list[bytes]:
+    """Top and bottom crops cut from the annotated looks of DIR, as JPEG bytes (shopper-like queries)."""
+    from PIL import Image
+
+    from shared.library import SourceError, read_source
+
+    source = data_dir / "looks" if (data_dir / "looks" / "looks.json").is_file() else data_dir
+    try:
+        items = [i for i in read_source(source) if i.known]
+    except SourceError as exc:
+        fail(str(exc))
+    photos: list[bytes] = []
+    for item in items:
+        with Image.open(item.path) as image:
+            rgb = image.convert("RGB")
+            for known in item.known:
+                buffer = io.BytesIO()
+                rgb.crop(tuple(round(v) for v in known.box)).save(buffer, "JPEG", quality=90)
+                photos.append(buffer.getvalue())
+        if len(photos) >= count:
+            break
+    if not photos:
+        fail(f"no annotated looks under {data_dir}: pass ../shared/data or demo/")
+    return photos[:count]
+
+
+def bare_forward_ms(photos: list[bytes], settings, repeats: int) -> dict[str, float]:  # type: ignore[no-untyped-def]
+    """Per query: the torch forward time of every backbone pass the pipeline makes, nothing else.
+
+    One analyze per photo records the input shapes the backbone sees (detector and crops); those
+    shapes are then timed as bare forward passes, without decoding, preprocessing, gRPC or search.
+    """
+    import torch
+
+    from services.runtime import local_vision
+
+    vision = local_vision(settings)
+    backbone = vision.pipeline.backbone
+    shapes: list[list[tuple[int, ...]]] = []
+    current: list[tuple[int, ...]] = []
+    hook = backbone.register_forward_pre_hook(lambda _m, args: current.append(tuple(args[0].shape)))
+    original = backbone.forward_features
+
+    def traced(x: torch.Tensor) -> torch.Tensor:
+        current.append(tuple(x.shape))
+        return original(x)
+
+    backbone.forward_features = traced  # the pipeline may call forward_features directly
+    try:
+        for photo in photos[: min(len(photos), 20)]:
+            current = []
+            vision.analyze_sync(photo, single_garment=True)
+            shapes.append(sorted(set(current)))
+    finally:
+        hook.remove()
+        backbone.forward_features = original
+    per_query = []
+    with torch.inference_mode():
+        for query_shapes in shapes:
+            tensors = [torch.randn(shape) for shape in query_shapes]
+            for t in tensors:
+                backbone.forward_head(backbone.forward_features(t), pre_logits=True)
+            runs = []
+            for _ in range(repeats):
+                started = time.perf_counter()
+                for t in tensors:
+                    backbone.forward_head(backbone.forward_features(t), pre_logits=True)
+                runs.append(time.perf_counter() - started)
+            per_query.append(statistics.median(runs) * 1000)
+    return {
+        "p50_ms": statistics.median(per_query),
+        "passes_per_query": statistics.mean(len(s) for s in shapes),
+        "model_version": vision.model_version,
+    }
+
+
+def load(stub, photos: list[bytes], requests: int, concurrency: int, metadata, timeout: float):  # type: ignore[no-untyped-def]
+    from lookbook.outfit.v1 import outfit_pb2
+
+    latencies: list[float] = []
+    errors = 0
+    lock = threading.Lock()
+    counter = iter(range(requests))
+
+    def worker() -> None:
+        nonlocal errors
+        while True:
+            with lock:
+                index = next(counter, None)
+            if index is None:
+                return
+            request = outfit_pb2.MatchOutfitRequest(image=photos[index % len(photos)])
+            started = time.perf_counter()
+            try:
+                stub.MatchOutfit(request, timeout=timeout, metadata=metadata)
+            except grpc.RpcError:  # counted and reported; the run goes on
+                with lock:
+                    errors += 1
+                continue
+            with lock:
+                latencies.append((time.perf_counter() - started) * 1000)
+
+    started = time.perf_counter()
+    with ThreadPoolExecutor(concurrency) as pool:
+        for _ in range(concurrency):
+            pool.submit(worker)
+    wall = time.perf_counter() - started
+    latencies.sort()
+    if not latencies:
+        fail("every request failed: is the gateway serving (make run)?")
+    return {
+        "concurrency": concurrency,
+        "requests": requests,
+        "errors": errors,
+        "p50_ms": latencies[len(latencies) // 2],
+        "p99_ms": latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))],
+        "throughput_rps": len(latencies) / wall,
+    }
+
+
+@click.command(name="match")
+@click.option(
+    "--data",
+    "data_dir",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    required=True,
+    help="A data dir in the ../shared/data layout (or demo/): query photos are crops of its looks.",
+)
+@click.option("--gateway", default=None, help="host:port of the running gateway [default: from settings].")
+@click.option("--api-key", default=None, help="API key, when the gateway requires one.")
+@click.option("--requests", "n_requests", type=int, default=200, show_default=True, help="Requests per level.")
+@click.option("--concurrency", default="1,4,16", show_default=True, help="Comma-separated concurrency levels.")
+@click.option("--photos", type=int, default=100, show_default=True, help="Distinct query photos to cycle through.")
+@click.option("--repeats", type=int, default=10, show_default=True, help="Timed repeats of the bare forward.")
+@click.option("--json", "json_out", type=click.Path(dir_okay=False, path_type=Path), default=None)
+def bench_match(
+    data_dir: Path,
+    gateway: str | None,
+    api_key: str | None,
+    n_requests: int,
+    concurrency: str,
+    photos: int,
+    repeats: int,
+    json_out: Path | None,
+) -> None:
+    """Latency (p50, p99) and throughput of MatchOutfit at each concurrency, beside the bare model forward."""
+    from lookbook.outfit.v1 import outfit_pb2_grpc
+    from tqdm import tqdm
+
+    settings = settings_or_exit()
+    levels = [int(c) for c in concurrency.split(",") if c.strip()]
+    if not levels or min(levels) < 1:
+        fail("--concurrency takes positive whole numbers, e.g. 1,4,16")
+    queries = query_photos(data_dir, photos)
+    click.echo(f"timing the bare model forward on {min(20, len(queries))} queries ...", err=True)
+    bare = bare_forward_ms(queries, settings, repeats)
+    results = []
+    with gateway_channel(settings, gateway) as channel:
+        stub = outfit_pb2_grpc.OutfitServiceStub(channel)
+        metadata = api_metadata(settings, api_key)
+        load(stub, queries, min(10, n_requests), 1, metadata, 60)  # warm-up
+        for level in tqdm(levels, desc="concurrency levels", file=sys.stderr):
+            results.append(load(stub, queries, n_requests, level, metadata, 120))
+    click.echo(
+        f"bare forward per query: {bare['p50_ms']:.1f} ms ({bare['passes_per_query']:.1f} backbone passes, "
+        f"{bare['model_version']})"
+    )
+    click.echo(f"{'concurrency':>11} {'p50 ms':>8} {'p99 ms':>8} {'req/s':>7} {'p50/bare':>9} {'errors':>6}")
+    for r in results:
+        click.echo(
+            f"{r['concurrency']:>11} {r['p50_ms']:>8.1f} {r['p99_ms']:>8.1f} {r['throughput_rps']:>7.1f} "
+            f"{r['p50_ms'] / bare['p50_ms']:>9.2f} {r['errors']:>6}"
+        )
+    if json_out:
+        json_out.write_text(json.dumps({"bare_forward": bare, "levels": results}, indent=2))
+
+
+def register(main: click.Group) -> None:
+    group = main.commands["bench"]
+    assert isinstance(group, click.Group)
+    group.add_command(bench_match)
