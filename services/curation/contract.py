@@ -133,8 +133,7 @@ def stats_to_proto(stats: LibraryStats) -> curation_pb2.LibraryStatsResponse:
             for source, count in sorted(stats.by_source.items(), key=lambda item: (-item[1], item[0]))
         ],
         quality_histogram=[
-            curation_pb2.QualityBin(lower=low, upper=high, count=count)
-            for low, high, count in stats.quality_histogram
+            curation_pb2.QualityBin(lower=low, upper=high, count=count) for low, high, count in stats.quality_histogram
         ],
     )
 

@@ -74,11 +74,7 @@ class LookQuery:
             value = getattr(self, name)
             if value is not None and not (math.isfinite(value) and 0.0 <= value <= 1.0):
                 raise CurationInputError(f"{name} must be within [0, 1], got {value}")
-        if (
-            self.min_quality is not None
-            and self.max_quality is not None
-            and self.min_quality > self.max_quality
-        ):
+        if self.min_quality is not None and self.max_quality is not None and self.min_quality > self.max_quality:
             raise CurationInputError("min_quality must not exceed max_quality")
         if not 0 <= self.page_size <= MAX_PAGE:
             raise CurationInputError(f"page_size must be within 0..{MAX_PAGE} (0 means {DEFAULT_PAGE})")
@@ -119,8 +115,7 @@ def normalize_tags(tags: Sequence[str]) -> list[str]:
             continue
         if not TAG.match(tag):
             raise CurationInputError(
-                f"tag {raw!r} is not allowed: use up to 48 letters, digits, spaces, "
-                "'-', '_', '&' or an apostrophe"
+                f"tag {raw!r} is not allowed: use up to 48 letters, digits, spaces, '-', '_', '&' or an apostrophe"
             )
         if tag not in seen:
             seen.append(tag)
@@ -160,9 +155,7 @@ def curation_state(look: LookRecord) -> dict[str, Any]:
 class CurationDesk:
     """Editor actions on a look store, with optimistic concurrency and an audit event per change."""
 
-    def __init__(
-        self, settings: Settings, store: LookStore, ledger: Ledger, jobs: ImportJobs | None = None
-    ) -> None:
+    def __init__(self, settings: Settings, store: LookStore, ledger: Ledger, jobs: ImportJobs | None = None) -> None:
         self.settings = settings
         self.store = store
         self.ledger = ledger
@@ -349,9 +342,7 @@ class CurationDesk:
     def start_import(self, editor: str, source: str, *, request_id: str = "") -> ImportJobView:
         source = source.strip()
         if not source:
-            raise CurationInputError(
-                "source is empty: give a directory of look images or a looks.json manifest"
-            )
+            raise CurationInputError("source is empty: give a directory of look images or a looks.json manifest")
         job = self.jobs.start(source, requested_by=editor)
         self.ledger.append_event(
             editor=editor,

@@ -86,7 +86,7 @@ class JobBoardLike(Protocol):
 
 def view_of(progress: Any) -> ImportJobView:
     """An ImportJobView of the workers' JobProgress; quarantined images count as failed."""
-    state = progress.state if progress.state in IMPORT_STATES else "queued"
+    state: ImportState = progress.state if progress.state in IMPORT_STATES else "queued"
     return ImportJobView(
         job_id=progress.job_id,
         source=progress.source,
@@ -132,8 +132,9 @@ class BoardImportJobs:
             raise ImportsUnavailableError(
                 f"the import could not be queued ({exc}): check that the workers and Redis are up, then retry"
             ) from exc
-        return self.get(job_id) or ImportJobView(job_id=job_id, source=source, state="queued",
-                                                 requested_by=requested_by)
+        return self.get(job_id) or ImportJobView(
+            job_id=job_id, source=source, state="queued", requested_by=requested_by
+        )
 
     def get(self, job_id: str) -> ImportJobView | None:
         progress = self.board.progress(job_id)

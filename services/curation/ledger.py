@@ -191,9 +191,7 @@ class Ledger:
 
     def set_disabled(self, name: str, disabled: bool) -> None:
         with self._connect() as db:
-            changed = db.execute(
-                "UPDATE editors SET disabled = ? WHERE name = ?", (int(disabled), name)
-            ).rowcount
+            changed = db.execute("UPDATE editors SET disabled = ? WHERE name = ?", (int(disabled), name)).rowcount
             if disabled:
                 db.execute("UPDATE tokens SET revoked = 1 WHERE editor = ?", (name,))
         if not changed:
@@ -202,9 +200,7 @@ class Ledger:
     def editors(self) -> list[Editor]:
         with self._connect() as db:
             rows = db.execute("SELECT name, created_at, disabled FROM editors ORDER BY name").fetchall()
-        return [
-            Editor(name=r["name"], created_at=r["created_at"], disabled=bool(r["disabled"])) for r in rows
-        ]
+        return [Editor(name=r["name"], created_at=r["created_at"], disabled=bool(r["disabled"])) for r in rows]
 
     def editor(self, name: str) -> Editor | None:
         return next((e for e in self.editors() if e.name == name), None)
@@ -217,25 +213,21 @@ class Ledger:
             row = db.execute("SELECT password_hash, disabled FROM editors WHERE name = ?", (name,)).fetchone()
         stored = row["password_hash"] if row else self._dummy_hash
         try:
-            ok = self.hasher.verify(stored, password)
+            ok: bool = self.hasher.verify(stored, password)
         except (VerificationError, InvalidHashError):
             ok = False
         if not (ok and row and not row["disabled"]):
             return False
         if self.hasher.check_needs_rehash(stored):
             with self._connect() as db:
-                db.execute(
-                    "UPDATE editors SET password_hash = ? WHERE name = ?", (self.hasher.hash(password), name)
-                )
+                db.execute("UPDATE editors SET password_hash = ? WHERE name = ?", (self.hasher.hash(password), name))
         return True
 
     def issue_token(self, name: str, *, kind: TokenKind, ttl_s: float) -> IssuedToken:
         """A fresh random token for an existing, enabled editor."""
         editor = self.editor(name)
         if editor is None or editor.disabled:
-            raise EditorError(
-                f"no enabled editor named {name!r}: create one with `lookbook editors add {name}`"
-            )
+            raise EditorError(f"no enabled editor named {name!r}: create one with `lookbook editors add {name}`")
         token = "lbk_" + secrets.token_urlsafe(32)
         now = time.time()
         credential = Credential(
@@ -333,10 +325,7 @@ class Ledger:
         """Every look's latest editor verdict, oldest first."""
         with self._connect() as db:
             rows = db.execute("SELECT * FROM decisions ORDER BY at, look_id").fetchall()
-        return [
-            Decision(r["look_id"], r["image_path"], r["status"], r["reason"], r["editor"], r["at"])
-            for r in rows
-        ]
+        return [Decision(r["look_id"], r["image_path"], r["status"], r["reason"], r["editor"], r["at"]) for r in rows]
 
     def events(
         self,

@@ -49,9 +49,7 @@ MISSING_TOKEN = (
     "no editor credentials: send `authorization: Bearer <token>` metadata, with a token from the Login RPC "
     "or `lookbook editors token NAME`"
 )
-BAD_TOKEN = (
-    "the token is unknown, revoked or expired: sign in again with Login or `lookbook editors token NAME`"
-)
+BAD_TOKEN = "the token is unknown, revoked or expired: sign in again with Login or `lookbook editors token NAME`"
 
 
 async def _abort(context: grpc.aio.ServicerContext, code: grpc.StatusCode, message: str) -> NoReturn:
@@ -79,9 +77,7 @@ class CurationServicer(curation_pb2_grpc.CurationServiceServicer):
             await _abort(context, grpc.StatusCode.UNAUTHENTICATED, BAD_TOKEN)
         return credential.editor
 
-    async def _run(
-        self, context: grpc.aio.ServicerContext, fn: Callable[..., T], *args: Any, **kwargs: Any
-    ) -> T:
+    async def _run(self, context: grpc.aio.ServicerContext, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Runs blocking desk work on a thread and turns its errors into statuses."""
         try:
             return await asyncio.to_thread(fn, *args, **kwargs)
@@ -119,8 +115,7 @@ class CurationServicer(curation_pb2_grpc.CurationServiceServicer):
             await _abort(
                 context,
                 grpc.StatusCode.UNAUTHENTICATED,
-                "wrong editor name or password: check both, or ask for an account "
-                "(`lookbook editors add NAME`)",
+                "wrong editor name or password: check both, or ask for an account (`lookbook editors add NAME`)",
             )
         return curation_pb2.LoginResponse(
             token=issued.token,
@@ -144,9 +139,7 @@ class CurationServicer(curation_pb2_grpc.CurationServiceServicer):
                 )
             statuses.append(status)
         if request.sort not in SORT_FROM_PROTO:
-            await _abort(
-                context, grpc.StatusCode.INVALID_ARGUMENT, f"sort {request.sort} is unknown: see LookSort"
-            )
+            await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, f"sort {request.sort} is unknown: see LookSort")
         query = LookQuery(
             statuses=tuple(statuses),
             tags=tuple(t.strip().lower() for t in request.tags if t.strip()),
@@ -229,9 +222,7 @@ class CurationServicer(curation_pb2_grpc.CurationServiceServicer):
         self, request: curation_pb2.StartImportRequest, context: grpc.aio.ServicerContext
     ) -> curation_pb2.ImportJob:
         editor = await self._editor(context)
-        job = await self._run(
-            context, self.desk.start_import, editor, request.source, request_id=request_id.get()
-        )
+        job = await self._run(context, self.desk.start_import, editor, request.source, request_id=request_id.get())
         return job_to_proto(job)
 
     async def GetImportJob(
