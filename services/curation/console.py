@@ -616,3 +616,10 @@ def build_console_http(
             Mount("/console", app=console),
         ]
     )
+
+
+def console_routes(
+    settings: Settings, store: LookStore, *, ledger: Ledger | None = None, jobs: ImportJobs | None = None
+) -> list[BaseRoute]:
+    """The console mounted at /console, for a process that serves other HTTP routes too (`extra_routes`)."""
+    return [Mount("/console", app=build_console_app(settings, store, ledger=ledger, jobs=jobs))]
