@@ -134,6 +134,8 @@ async def start(
         if service in ("all", "vision"):
             from services.vision.server import build_server as vision_server
 
+            assert vision is not None
+
             server, health_servicer, bound, names = vision_server(settings, vision, port(settings.vision_port))
             running.servers.append((server, health_servicer, names))
             running.ports["vision"] = bound
@@ -145,6 +147,7 @@ async def start(
                 from services.vision.client import RemoteVision
 
                 gateway_vision = RemoteVision(settings)
+            assert running.store is not None
             server, health_servicer, bound, names = gateway_server(
                 settings, gateway_vision, running.store, port(settings.gateway_port)
             )

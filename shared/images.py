@@ -63,10 +63,10 @@ def decode_image(data: bytes, limits: ImageLimits) -> Image.Image:
             # A truncated JPEG only warns in some Pillow paths; make every such case an error.
             warnings.simplefilter("error")
             image.load()
-        image = ImageOps.exif_transpose(image)
+        oriented = ImageOps.exif_transpose(image)
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError, Warning) as exc:
         raise ImageRejected(f"the image is corrupt or truncated ({exc}): re-export or re-upload the photo") from None
-    return image.convert("RGB")
+    return oriented.convert("RGB")
 
 
 def encode_jpeg(image: Image.Image, quality: int = 90) -> bytes:

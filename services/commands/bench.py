@@ -35,7 +35,7 @@ def query_photos(data_dir: Path, count: int) -> list[bytes]:
             rgb = image.convert("RGB")
             for known in item.known:
                 buffer = io.BytesIO()
-                rgb.crop(tuple(round(v) for v in known.box)).save(buffer, "JPEG", quality=90)
+                rgb.crop(known.box).save(buffer, "JPEG", quality=90)
                 photos.append(buffer.getvalue())
         if len(photos) >= count:
             break

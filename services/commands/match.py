@@ -11,8 +11,8 @@ import grpc
 
 from services.commands.common import api_metadata, fail, gateway_channel, settings_or_exit
 
-KINDS = {"auto": 0, "top": 1, "bottom": 2}
-PATHS = {"blend": 0, "look-alike": 1, "compatibility": 2}
+KINDS = ("auto", "top", "bottom")
+PATHS = ("blend", "look-alike", "compatibility")
 
 
 def contact_sheet(query: bytes, response: object, out: Path, *, thumb_height: int = 320) -> None:
@@ -48,7 +48,7 @@ def contact_sheet(query: bytes, response: object, out: Path, *, thumb_height: in
 @click.argument("photo", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option(
     "--kind",
-    type=click.Choice(list(KINDS)),
+    type=click.Choice(KINDS),
     default="auto",
     show_default=True,
     help="The garment to match; auto lets the vision service decide.",
@@ -56,7 +56,7 @@ def contact_sheet(query: bytes, response: object, out: Path, *, thumb_height: in
 @click.option(
     "--path",
     "ranking",
-    type=click.Choice(list(PATHS)),
+    type=click.Choice(PATHS),
     default="blend",
     show_default=True,
     help="Ranking path.",
@@ -91,11 +91,11 @@ def match(
     data = photo.read_bytes()
     request = outfit_pb2.MatchOutfitRequest(
         image=data,
-        kind=KINDS[kind],
+        kind=outfit_pb2.QueryKind.Value(f"QUERY_KIND_{kind.upper()}"),
         limit=limit,
-        tags=list(tags),  # type: ignore[arg-type]
-        path=PATHS[ranking],
-    )  # type: ignore[arg-type]
+        tags=list(tags),
+        path=outfit_pb2.RankingPath.Value(f"RANKING_PATH_{ranking.upper().replace('-', '_')}"),
+    )
     with gateway_channel(settings, gateway) as channel:
         try:
             response = outfit_pb2_grpc.OutfitServiceStub(channel).MatchOutfit(

@@ -22,7 +22,7 @@ def _crop_jpeg(path: Path, box: tuple[float, float, float, float]) -> bytes:
     from PIL import Image, ImageOps
 
     with Image.open(path) as image:
-        piece = ImageOps.exif_transpose(image).convert("RGB").crop(tuple(round(v) for v in box))
+        piece = ImageOps.exif_transpose(image).convert("RGB").crop(box)
     buffer = io.BytesIO()
     piece.save(buffer, "JPEG", quality=90)
     return buffer.getvalue()
@@ -84,6 +84,8 @@ def _run(settings, items, tqdm):  # type: ignore[no-untyped-def]
 
     async def main() -> dict:
         running = await start(settings, "gateway", import_demo=False, random_ports=True)
+        store = running.store
+        assert store is not None
         try:
             vision = local_vision(settings)
             approved = [replace(i, status="approved") for i in items]
@@ -92,7 +94,7 @@ def _run(settings, items, tqdm):  # type: ignore[no-untyped-def]
                     import_looks,
                     approved,
                     analyzer=vision,
-                    store=running.store,
+                    store=store,
                     images_dir=settings.images_dir,
                     auto_approve_quality=0.0,
                     max_image_bytes=settings.max_image_bytes,
@@ -105,10 +107,13 @@ def _run(settings, items, tqdm):  # type: ignore[no-untyped-def]
                     own = look_id_for(item.path.read_bytes())
                     for known in item.known:
                         data = _crop_jpeg(item.path, known.box)
-                        for mode, kind in (("auto", 0), ("given", 1 if known.kind == "top" else 2)):
+                        for mode, kind in (("auto", "AUTO"), ("given", known.kind.upper())):
                             reply = await stub.MatchOutfit(
                                 outfit_pb2.MatchOutfitRequest(
-                                    image=data, kind=kind, limit=10, path=outfit_pb2.RANKING_PATH_LOOK_ALIKE
+                                    image=data,
+                                    kind=outfit_pb2.QueryKind.Value(f"QUERY_KIND_{kind}"),
+                                    limit=10,
+                                    path=outfit_pb2.RANKING_PATH_LOOK_ALIKE,
                                 ),
                                 timeout=60,
                             )
@@ -119,7 +124,7 @@ def _run(settings, items, tqdm):  # type: ignore[no-untyped-def]
             n = len(items)
             return {
                 "looks": n,
-                "model_version": running.store.live_version(),
+                "model_version": store.live_version(),
                 **{k: {"rank1": v[0] / n, "top10": v[1] / n} for k, v in hits.items()},
             }
         finally:

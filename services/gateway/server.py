@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Protocol
 
 import grpc
+import numpy as np
 from lookbook.common.v1 import garment_pb2
 from lookbook.outfit.v1 import outfit_pb2, outfit_pb2_grpc
 
@@ -59,6 +59,13 @@ class BadRequest(ValueError):
     """The request is malformed; the message says how to fix it."""
 
 
+class MissingModel(RuntimeError):
+    """The request needs a model this server does not have."""
+
+
+QUERY_HINT: dict[int, Kind] = {outfit_pb2.QUERY_KIND_TOP: "top", outfit_pb2.QUERY_KIND_BOTTOM: "bottom"}
+
+
 def image_uri(settings: Settings, look: LookRecord) -> str:
     return f"{settings.base_url}/images/{look.image_path}"
 
@@ -104,8 +111,8 @@ class Matcher:
     def candidates(
         self,
         kind: Kind,
-        embedding: Sequence[float],
-        compat: Sequence[float] | None,
+        embedding: Sequence[float] | np.ndarray,
+        compat: Sequence[float] | np.ndarray | None,
         *,
         path: int,
         tags: Sequence[str],
@@ -139,7 +146,9 @@ class Matcher:
             return c.compatibility
         return 0.5 * c.look_alike + 0.5 * c.compatibility
 
-    def _search(self, vector: str, query: Sequence[float], pool: int, tags: Sequence[str]) -> list[ScoredLook]:
+    def _search(
+        self, vector: str, query: Sequence[float] | np.ndarray, pool: int, tags: Sequence[str]
+    ) -> list[ScoredLook]:
         return self.store.search(
             vector,
             query,
@@ -179,66 +188,38 @@ class OutfitServicer(outfit_pb2_grpc.OutfitServiceServicer):
         tags = sorted({t.strip().lower() for t in request.tags if t.strip()})
         return request.limit or self.settings.default_limit, tags
 
-    async def MatchOutfit(
+    async def _match(
         self, request: outfit_pb2.MatchOutfitRequest, context: grpc.aio.ServicerContext
     ) -> outfit_pb2.MatchOutfitResponse:
-        started = time.perf_counter()
-        try:
-            limit, tags = self._validate(request)
-            hint: Kind | None = {
-                outfit_pb2.QUERY_KIND_TOP: "top",
-                outfit_pb2.QUERY_KIND_BOTTOM: "bottom",
-            }.get(request.kind)
-            remaining = context.time_remaining()
-            analysis = await self.vision.analyze(
-                request.image,
-                single_garment=True,
-                kind_hint=hint,
-                timeout=min(remaining, self.settings.vision_timeout_s) if remaining else self.settings.vision_timeout_s,
+        limit, tags = self._validate(request)
+        hint = QUERY_HINT.get(request.kind)
+        remaining = context.time_remaining()
+        budget = self.settings.vision_timeout_s if remaining is None else min(remaining, self.settings.vision_timeout_s)
+        analysis = await self.vision.analyze(request.image, single_garment=True, kind_hint=hint, timeout=budget)
+        garment = max((g for g in analysis.garments if g.kind in PAIR), key=lambda g: g.confidence, default=None)
+        if garment is None:
+            found = ", ".join(sorted({g.kind for g in analysis.garments})) or "nothing"
+            raise BadRequest(
+                f"no top or bottom found in the photo (found {found}): photograph one top or "
+                "one bottom so that it fills most of the frame, or set kind to TOP or BOTTOM"
             )
-            garment = max((g for g in analysis.garments if g.kind in PAIR), key=lambda g: g.confidence, default=None)
-            if garment is None:
-                found = ", ".join(sorted({g.kind for g in analysis.garments})) or "nothing"
-                raise BadRequest(
-                    f"no top or bottom found in the photo (found {found}): photograph one top or "
-                    "one bottom so that it fills most of the frame, or set kind to TOP or BOTTOM"
-                )
-            if request.path == outfit_pb2.RANKING_PATH_COMPATIBILITY and garment.compat is None:
-                await context.abort(
-                    grpc.StatusCode.FAILED_PRECONDITION,
-                    "the compatibility model is not installed on this server: use BLEND or "
-                    "LOOK_ALIKE, or ship the compat artifact",
-                )
-            loop = asyncio.get_running_loop()
-            matches = await loop.run_in_executor(
-                self.executor,
-                lambda: self.matcher.candidates(
-                    garment.kind,
-                    garment.embedding,
-                    garment.compat if garment.compat is not None and garment.compat.size else None,
-                    path=request.path,
-                    tags=tags,
-                    limit=limit,
-                ),
+        compat = garment.compat if garment.compat is not None and garment.compat.size else None
+        if request.path == outfit_pb2.RANKING_PATH_COMPATIBILITY and compat is None:
+            raise MissingModel(
+                "the compatibility model is not installed on this server: use BLEND or LOOK_ALIKE, "
+                "or ship the compat artifact"
             )
-        except (BadRequest, ImageRejected) as exc:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-        except TimeoutError:
-            await context.abort(
-                grpc.StatusCode.DEADLINE_EXCEEDED,
-                "the photo was not analysed before the deadline: retry with a longer deadline",
-            )
-        except VisionUnavailableError as exc:
-            await context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
-        except StoreError as exc:
-            log.exception("look store failed")
-            await context.abort(grpc.StatusCode.UNAVAILABLE, f"the look library is unavailable ({exc}): retry shortly")
+        loop = asyncio.get_running_loop()
+        matches = await loop.run_in_executor(
+            self.executor,
+            lambda: self.matcher.candidates(
+                garment.kind, garment.embedding, compat, path=request.path, tags=tags, limit=limit
+            ),
+        )
         pair = PAIR[garment.kind]
         response = outfit_pb2.MatchOutfitResponse(
             query=outfit_pb2.QueryGarment(
-                kind=KIND_TO_PROTO[garment.kind],
-                box=box_to_proto(garment.box),  # type: ignore[arg-type]
-                confidence=garment.confidence,
+                kind=KIND_TO_PROTO[garment.kind], box=box_to_proto(garment.box), confidence=garment.confidence
             ),
             model_version=analysis.model_version,
         )
@@ -249,7 +230,7 @@ class OutfitServicer(outfit_pb2_grpc.OutfitServiceServicer):
                     look_id=c.look.look_id,
                     image_uri=image_uri(self.settings, c.look),
                     garment_kind=KIND_TO_PROTO[pair],
-                    garment_box=box_to_proto(box),  # type: ignore[arg-type]
+                    garment_box=box_to_proto(box),
                     score=c.score,
                     path_scores=outfit_pb2.PathScores(look_alike=c.look_alike, compatibility=c.compatibility),
                     tags=c.look.tags,
@@ -257,26 +238,41 @@ class OutfitServicer(outfit_pb2_grpc.OutfitServiceServicer):
                     featured=c.look.status == "featured",
                 )
             )
-        log.info(
-            "matched",
-            extra={
-                "kind": garment.kind,
-                "matches": len(matches),
-                "ms": round((time.perf_counter() - started) * 1000, 1),
-            },
-        )
+        log.info("matched", extra={"kind": garment.kind, "matches": len(matches)})
         return response
+
+    async def MatchOutfit(
+        self, request: outfit_pb2.MatchOutfitRequest, context: grpc.aio.ServicerContext
+    ) -> outfit_pb2.MatchOutfitResponse:
+        try:
+            return await self._match(request, context)
+        except (BadRequest, ImageRejected) as exc:
+            code, message = grpc.StatusCode.INVALID_ARGUMENT, str(exc)
+        except MissingModel as exc:
+            code, message = grpc.StatusCode.FAILED_PRECONDITION, str(exc)
+        except TimeoutError:
+            code = grpc.StatusCode.DEADLINE_EXCEEDED
+            message = "the photo was not analysed before the deadline: retry with a longer deadline"
+        except VisionUnavailableError as exc:
+            code, message = grpc.StatusCode.UNAVAILABLE, str(exc)
+        except StoreError as exc:
+            log.exception("look store failed")
+            code, message = grpc.StatusCode.UNAVAILABLE, f"the look library is unavailable ({exc}): retry shortly"
+        await context.abort(code, message)
+        raise AssertionError("unreachable: abort raises")
 
     async def GetLook(self, request: outfit_pb2.GetLookRequest, context: grpc.aio.ServicerContext) -> garment_pb2.Look:
         try:
             look = self.store.get(request.look_id)
         except InvalidLookError as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+            raise
         if look is None or look.status not in PUBLIC_STATUSES:
             await context.abort(
                 grpc.StatusCode.NOT_FOUND,
                 f"no look {request.look_id} in the library: use a look_id from MatchOutfit",
             )
+            raise AssertionError("unreachable: abort raises")
         return look_to_proto(self.settings, look)
 
 

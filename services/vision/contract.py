@@ -8,13 +8,18 @@ from lookbook.vision.v1 import vision_pb2
 
 from shared.models.pipeline import Analysis, BoxXYXY, FoundGarment, Kind, KnownGarment
 
-KIND_TO_PROTO: dict[str, int] = {
+KIND_TO_PROTO: dict[str, garment_pb2.GarmentKind.ValueType] = {
     "top": garment_pb2.GARMENT_KIND_TOP,
     "bottom": garment_pb2.GARMENT_KIND_BOTTOM,
     "full_body": garment_pb2.GARMENT_KIND_FULL_BODY,
     "other": garment_pb2.GARMENT_KIND_OTHER,
 }
-PROTO_TO_KIND: dict[int, Kind] = {v: k for k, v in KIND_TO_PROTO.items()}  # type: ignore[misc]
+PROTO_TO_KIND: dict[int, Kind] = {
+    garment_pb2.GARMENT_KIND_TOP: "top",
+    garment_pb2.GARMENT_KIND_BOTTOM: "bottom",
+    garment_pb2.GARMENT_KIND_FULL_BODY: "full_body",
+    garment_pb2.GARMENT_KIND_OTHER: "other",
+}
 
 
 def box_to_proto(box: BoxXYXY) -> garment_pb2.Box:
@@ -27,7 +32,7 @@ def box_from_proto(box: garment_pb2.Box) -> BoxXYXY:
 
 def garment_to_proto(garment: FoundGarment) -> garment_pb2.Garment:
     return garment_pb2.Garment(
-        kind=KIND_TO_PROTO[garment.kind],  # type: ignore[arg-type]
+        kind=KIND_TO_PROTO[garment.kind],
         box=box_to_proto(garment.box),
         confidence=garment.confidence,
         embedding=garment.embedding.tolist(),
@@ -79,6 +84,6 @@ def known_from_proto(garments: list[garment_pb2.Garment]) -> list[KnownGarment]:
 
 def known_to_proto(known: list[KnownGarment]) -> list[garment_pb2.Garment]:
     return [
-        garment_pb2.Garment(kind=KIND_TO_PROTO[k.kind], box=box_to_proto(k.box), confidence=1.0)  # type: ignore[arg-type]
+        garment_pb2.Garment(kind=KIND_TO_PROTO[k.kind], box=box_to_proto(k.box), confidence=1.0)
         for k in known
     ]
