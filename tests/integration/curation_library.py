@@ -21,6 +21,7 @@ ROOT = Path(__file__).resolve().parents[2]
 LOOK_SOURCES = (ROOT.parent / "shared" / "data" / "looks", ROOT / "demo")
 DIMS = (16, 8)
 MODEL_VERSION = "curation-test-1"
+REASONS = ("too_dark", "too_blurry", "low_resolution", "not_full_body", "not_a_look")
 
 
 @dataclass(frozen=True)
@@ -99,7 +100,7 @@ def open_seeded_store(
             source="team-looks" if i % 2 == 0 else "blog-import",
             attribution="Clothing Co-Parsing (Apache-2.0)",
             quality_score=round((i % 10) / 10 + 0.05, 2),
-            quality_reasons=["sharp", "full body"] if i % 4 else ["blurry"],
+            quality_reasons=[] if (i % 10) >= 5 else [REASONS[i % len(REASONS)]],
             status=statuses[i % len(statuses)],  # type: ignore[arg-type]
             model_version=MODEL_VERSION,
             content_sha256=sha,

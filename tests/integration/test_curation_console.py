@@ -253,7 +253,7 @@ def test_the_grid_filters_by_status_and_shows_boxes_and_quality(console: Console
     assert statuses and set(statuses) == {"pending"}
     assert len(statuses) == sum(look.status == "pending" for look in console.looks)
     assert 'class="box top"' in page.text and 'class="box bottom"' in page.text
-    assert "<meter" in page.text and "sharp" in page.text
+    assert "<meter" in page.text and 'class="reasons"' in page.text
     look_id = re.search(r'data-look-id="([^"]+)"', page.text).group(1)  # type: ignore[union-attr]
     image = client.get(f"/console/looks/{look_id}/image")
     assert image.status_code == 200 and image.headers["content-type"] == "image/jpeg"
