@@ -213,9 +213,9 @@ class LookSynth:
             size = min(CHUNK, n - start)
             yield start, {k: v[:size] for k, v in vectors.items()}, statuses[:size]
 
-    def queries(self, count: int) -> dict[str, np.ndarray]:
+    def queries(self, count: int, salt: int = 0) -> dict[str, np.ndarray]:
         """Queries drawn like the looks but from another seed, so none is in the library."""
-        rng = np.random.default_rng([self.expansion.seed, 10**9])
+        rng = np.random.default_rng([self.expansion.seed, 10**9 + salt])
         return {kind: self._vectors(kind, rng, count) for kind in ("top", "bottom")}
 
 
@@ -378,6 +378,7 @@ def run_size(
     batch: int,
     search_cpus: int | None = None,
     store_upsert_looks: int = 100_000,
+    sweep_ef: tuple[int, ...] = (),
     progress: bool = True,
 ) -> StoreRun:
     from tqdm import tqdm
@@ -459,28 +460,36 @@ def run_size(
     started = time.perf_counter()
     store.search("top", probe, limit=10)
     result.first_query_ms = (time.perf_counter() - started) * 1000
+    # Warm up with other queries, as a serving process is warm; the measured ones are never repeated.
+    for kind, asked in synth.queries(20, salt=1).items():
+        for q in asked:
+            store.search(kind, q, limit=10)
+            store.search(kind, q, limit=10, statuses=None)
 
-    for searchable in (True, False):
-        label = "filtered" if searchable else "unfiltered"
-        truth = truths[searchable]
-        latencies: list[float] = []
-        hits = 0
-        wanted = SEARCHABLE if searchable else None
-        for kind, asked in query_vectors.items():
-            for q, expected in zip(asked, truth[kind], strict=True):
-                started = time.perf_counter()
-                found = store.search(kind, q, limit=10, statuses=wanted)
-                latencies.append((time.perf_counter() - started) * 1000)
-                got = {_look_index(s.look.look_id) for s in found}
-                hits += len(got & set(expected.tolist()))
-        result.search[label] = {
-            "queries": len(latencies),
-            "p50_ms": round(_percentile(latencies, 50), 3),
-            "p99_ms": round(_percentile(latencies, 99), 3),
-            "mean_ms": round(statistics.fmean(latencies), 3),
-            "recall_at_10": round(hits / (10 * len(latencies)), 4),
-        }
-    result.rss_delta_bytes = _rss_bytes() - rss_before
+    # The default ef first (its figures are the headline), then any other search beams on the same index.
+    for beam in [ef, *(e for e in sweep_ef if e != ef)]:
+        for searchable in (True, False):
+            label = ("filtered" if searchable else "unfiltered") + ("" if beam == ef else f"@ef={beam}")
+            truth = truths[searchable]
+            latencies: list[float] = []
+            hits = 0
+            wanted = SEARCHABLE if searchable else None
+            for kind, asked in query_vectors.items():
+                for q, expected in zip(asked, truth[kind], strict=True):
+                    started = time.perf_counter()
+                    found = store.search(kind, q, limit=10, statuses=wanted, hnsw_ef=beam)
+                    latencies.append((time.perf_counter() - started) * 1000)
+                    got = {_look_index(s.look.look_id) for s in found}
+                    hits += len(got & set(expected.tolist()))
+            result.search[label] = {
+                "queries": len(latencies),
+                "p50_ms": round(_percentile(latencies, 50), 3),
+                "p99_ms": round(_percentile(latencies, 99), 3),
+                "mean_ms": round(statistics.fmean(latencies), 3),
+                "recall_at_10": round(hits / (10 * len(latencies)), 4),
+            }
+        if beam == ef:
+            result.rss_delta_bytes = _rss_bytes() - rss_before
     result.rss_bytes_per_look = round(result.rss_delta_bytes / n, 1)
     store.close()
     result.disk_bytes = _dir_bytes(work)
@@ -552,6 +561,12 @@ def run_size(
     help="Looks written through LookStore.upsert (the measured rate); the rest go through the engine write.",
 )
 @click.option(
+    "--sweep-ef",
+    type=click.IntRange(min=1),
+    multiple=True,
+    help="Also measure these search beams (hnsw_ef) on the same index; repeat the option.",
+)
+@click.option(
     "--search-cpus",
     type=click.IntRange(min=1),
     default=None,
@@ -590,6 +605,7 @@ def bench_store(
     save_base: Path | None,
     search_cpus: int | None,
     store_upsert_looks: int,
+    sweep_ef: tuple[int, ...],
 ) -> None:
     """Upsert throughput, search p50/p99 and recall@10 vs exact, memory per look and reopen time.
 
@@ -626,6 +642,7 @@ def bench_store(
             batch=batch,
             search_cpus=search_cpus,
             store_upsert_looks=store_upsert_looks,
+            sweep_ef=sweep_ef,
         )
         runs.append(run)
         if not keep:
