@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
 
 from services.workers.embedded import CeleryLibrary
 from services.workers.jobs import JobProgress
@@ -145,8 +146,12 @@ def test_sigkill_mid_refresh_then_restart_keeps_every_look_exactly_once(
     job_id = library.start(str(looks_dir))
     try:
         partial = wait_job(library, job_id, until=lambda p: p.done >= 3, worker=worker)
+        # Let the next chunk get going (a chunk is a look here), so the kill lands inside a task.
+        time.sleep(1.0)
         worker.kill()
         assert partial.done < 12, "the refresh finished before the kill; nothing was tested"
+        broker = redis.Redis.from_url(redis_url)
+        assert broker.hlen("unacked") >= 1, "no task was in flight at the kill; nothing was tested"
         worker = start_worker(redis_url, data_dir, log, ingest_chunk_size=1)
         # The lost task comes back once the visibility timeout has passed.
         final = wait_job(library, job_id, worker=worker)
@@ -196,6 +201,7 @@ def test_vision_unavailable_is_retried_with_backoff_until_it_comes_back(
         tmp_path / "worker.log",
         ingest_chunk_size=3,
         vision_addr=f"127.0.0.1:{vision_port}",
+        task_max_retries=40,  # the vision server may take a while to load on a busy machine
     )
     vision = None
     try:
