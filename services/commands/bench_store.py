@@ -307,6 +307,9 @@ class StoreRun:
     reopen_seconds: float = 0.0
     first_query_ms: float = 0.0
     search_cpus: int = field(default_factory=lambda: len(os.sched_getaffinity(0)))
+    build_cpus: int = field(default_factory=lambda: len(os.sched_getaffinity(0)))
+    segments: int = 0
+    indexed_vectors: int = 0
     expansion: dict[str, Any] = field(default_factory=dict)
 
 
@@ -460,6 +463,12 @@ def run_size(
     started = time.perf_counter()
     store.search("top", probe, limit=10)
     result.first_query_ms = (time.perf_counter() - started) * 1000
+    try:  # the engine's own view: how the optimizer split the library, and how much of it is indexed
+        info = store._shard(store.live_version()).info()
+        result.segments = int(info.segments_count)
+        result.indexed_vectors = int(info.indexed_vectors_count)
+    except (AttributeError, TypeError):
+        pass
     # Warm up with other queries, as a serving process is warm; the measured ones are never repeated.
     for kind, asked in synth.queries(20, salt=1).items():
         for q in asked:
@@ -674,7 +683,8 @@ def _print_run(run: StoreRun) -> None:
     click.echo(f"disk          {run.disk_bytes_per_look:,.0f} B/look without the WAL  {run.disk_bytes}")
     click.echo(f"memory (RSS)  {run.rss_bytes_per_look:,.0f} B/look after reopen and searches")
     click.echo(f"reopen        {run.reopen_seconds:.2f} s, first query {run.first_query_ms:.1f} ms")
-    click.echo(f"cpus          {run.search_cpus} while searching")
+    click.echo(f"cpus          {run.build_cpus} while building, {run.search_cpus} while searching")
+    click.echo(f"engine        {run.segments} segments, {run.indexed_vectors:,} vectors in HNSW")
 
 
 def register(main: click.Group) -> None:
