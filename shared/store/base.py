@@ -88,9 +88,7 @@ class LookStoreBase(ABC):
         """Dims of the collection for this model version, or None if it does not exist."""
 
     @abstractmethod
-    def _create_collection(
-        self, version: str, dims: VectorDims, *, rebuild_started_at: float | None
-    ) -> None: ...
+    def _create_collection(self, version: str, dims: VectorDims, *, rebuild_started_at: float | None) -> None: ...
 
     @abstractmethod
     def _drop_collection(self, version: str) -> None: ...
@@ -114,9 +112,7 @@ class LookStoreBase(ABC):
     ) -> None: ...
 
     @abstractmethod
-    def _set_payload_if_version(
-        self, version: str, look_id: str, payload: dict[str, Any], current: int
-    ) -> None:
+    def _set_payload_if_version(self, version: str, look_id: str, payload: dict[str, Any], current: int) -> None:
         """Sets payload keys on the look only if its stored `version` still equals `current`."""
 
     @abstractmethod
@@ -208,9 +204,7 @@ class LookStoreBase(ABC):
         self._check_open()
         live = self._read_live()
         if live is None:
-            raise StoreError(
-                "the look store has no live collection yet; call ensure(model_version, dims) first"
-            )
+            raise StoreError("the look store has no live collection yet; call ensure(model_version, dims) first")
         return live
 
     def _check_open(self) -> None:
@@ -219,9 +213,7 @@ class LookStoreBase(ABC):
 
     # ---------------------------------------------------------------- writes
 
-    def upsert(
-        self, points: Sequence[LookPoint], *, keep_curation: bool = True, batch_size: int = 256
-    ) -> int:
+    def upsert(self, points: Sequence[LookPoint], *, keep_curation: bool = True, batch_size: int = 256) -> int:
         """Writes looks into the live collection; the same id overwrites, never duplicates.
 
         A re-import keeps what people decided (status, editor-edited fields, created_at); see
@@ -242,21 +234,13 @@ class LookStoreBase(ABC):
     ) -> int:
         dims = self._collection_dims(version)
         if dims is None:
-            raise StoreError(
-                f"no collection for model version {version}; call ensure() or begin_rebuild() first"
-            )
+            raise StoreError(f"no collection for model version {version}; call ensure() or begin_rebuild() first")
         by_name = dims.by_name()
         written = 0
         for batch in _batches(points, max(1, batch_size)):
             # Validate the whole batch before any write so a bad look changes nothing.
-            prepared: list[tuple[LookRecord, dict[str, list[float]]]] = []
-            for point in batch:
-                record = point.record.validated()
-                vectors = {}
-                for name, vector in point.vectors.items():
-                    check_vector_name(name)
-                    vectors[name] = vector_list(name, vector, by_name[name])
-                prepared.append((record, vectors))
+            records = [point.record.validated() for point in batch]
+            prepared = list(zip(records, _batch_vectors(batch, by_name), strict=True))
             # The last write of one id in a batch wins, as if written one by one.
             unique = {record.look_id: (record, vectors) for record, vectors in prepared}
             with self._lock:
@@ -349,9 +333,7 @@ class LookStoreBase(ABC):
         """The looks that exist, in the order asked; unknown ids are skipped."""
         version = self._require_live()
         ids = [normalize_look_id(i) for i in look_ids]
-        found = {
-            i: LookRecord.from_payload(i, p) for i, p, _ in self._retrieve(version, ids, with_vectors=False)
-        }
+        found = {i: LookRecord.from_payload(i, p) for i, p, _ in self._retrieve(version, ids, with_vectors=False)}
         return [found[i] for i in ids if i in found]
 
     def get_vectors(self, look_id: str) -> dict[str, list[float]] | None:
@@ -585,9 +567,7 @@ class LookStoreBase(ABC):
         with self._lock:
             self._check_open()
             if self._collection_dims(model_version) is None:
-                raise StoreError(
-                    f"no collection for model version {model_version}; run begin_rebuild() first"
-                )
+                raise StoreError(f"no collection for model version {model_version}; run begin_rebuild() first")
             live = self._read_live()
             if live is not None and live != model_version:
                 self._reconcile(live, model_version, allow_missing=allow_missing)
@@ -696,6 +676,32 @@ class LookStoreRebuild:
     def abort(self) -> None:
         """Drops the half-built collection; the live one is untouched."""
         self.store._abort(self.model_version)
+
+
+def _batch_vectors(batch: Sequence[LookPoint], by_name: Mapping[str, int]) -> list[dict[str, list[float]]]:
+    """The batch's vectors as float lists, checked one matrix per vector name (the import hot path)."""
+    out: list[dict[str, list[float]]] = [{} for _ in batch]
+    names = {name for point in batch for name in point.vectors}
+    for name in sorted(names):
+        dim = by_name[check_vector_name(name)]
+        rows = [(i, point.vectors[name]) for i, point in enumerate(batch) if name in point.vectors]
+        try:
+            matrix = np.asarray([vector for _, vector in rows], dtype=np.float32)
+        except ValueError:  # ragged: let the per-vector check name the bad one
+            matrix = np.empty((0, 0), dtype=np.float32)
+        healthy = (
+            matrix.ndim == 2
+            and matrix.shape == (len(rows), dim)
+            and bool(np.isfinite(matrix).all())
+            and bool(matrix.any(axis=1).all())
+        )
+        if healthy:
+            for (i, _), values in zip(rows, matrix.tolist(), strict=True):
+                out[i][name] = values
+        else:
+            for i, vector in rows:
+                out[i][name] = vector_list(name, vector, dim)
+    return out
 
 
 def _batches(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:

@@ -244,8 +244,7 @@ class EdgeLookStore(LookStoreBase):
 
     def _list_versions(self) -> list[str]:
         return sorted(
-            json.loads(m.read_text()).get("model_version", m.stem)
-            for m in (self.root / "versions").glob("*.json")
+            json.loads(m.read_text()).get("model_version", m.stem) for m in (self.root / "versions").glob("*.json")
         )
 
     # ---------------------------------------------------------------- data
@@ -254,19 +253,13 @@ class EdgeLookStore(LookStoreBase):
         if not ids:
             return []
         records = self._shard(version).retrieve(list(ids), with_payload=True, with_vector=with_vectors)
-        return [
-            (str(r.id), dict(r.payload or {}), _vectors(r.vector) if with_vectors else None) for r in records
-        ]
+        return [(str(r.id), dict(r.payload or {}), _vectors(r.vector) if with_vectors else None) for r in records]
 
-    def _write_points(
-        self, version: str, items: Sequence[tuple[str, dict[str, list[float]], dict[str, Any]]]
-    ) -> None:
+    def _write_points(self, version: str, items: Sequence[tuple[str, dict[str, list[float]], dict[str, Any]]]) -> None:
         points = [qe.Point(look_id, dict(vectors), payload) for look_id, vectors, payload in items]
         self._shard(version).update(qe.UpdateOperation.upsert_points(points))
 
-    def _set_payload_if_version(
-        self, version: str, look_id: str, payload: dict[str, Any], current: int
-    ) -> None:
+    def _set_payload_if_version(self, version: str, look_id: str, payload: dict[str, Any], current: int) -> None:
         condition = qe.Filter(
             must=[qe.HasIdCondition({look_id}), qe.FieldCondition("version", match=qe.MatchValue(current))]
         )
@@ -367,14 +360,10 @@ class EdgeLookStore(LookStoreBase):
     def _count(
         self, version: str, filters: LookFilter | None, *, quality_range: tuple[float, float, bool] | None
     ) -> int:
-        return int(
-            self._shard(version).count(qe.CountRequest(exact=True, filter=_filter(filters, quality_range)))
-        )
+        return int(self._shard(version).count(qe.CountRequest(exact=True, filter=_filter(filters, quality_range))))
 
     def _facet(self, version: str, key: str, filters: LookFilter | None) -> dict[str, int]:
-        response = self._shard(version).facet(
-            qe.FacetRequest(key, limit=10_000, exact=True, filter=_filter(filters))
-        )
+        response = self._shard(version).facet(qe.FacetRequest(key, limit=10_000, exact=True, filter=_filter(filters)))
         return {str(hit.value): int(hit.count) for hit in response.hits}
 
     def _optimize(self, version: str) -> None:

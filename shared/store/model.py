@@ -102,9 +102,7 @@ def normalize_look_id(look_id: str | uuid.UUID) -> str:
     try:
         return str(uuid.UUID(str(look_id)))
     except ValueError:
-        raise InvalidLookError(
-            f"look id {look_id!r} is not a UUID; ids come from look_id_for(image_bytes)"
-        ) from None
+        raise InvalidLookError(f"look id {look_id!r} is not a UUID; ids come from look_id_for(image_bytes)") from None
 
 
 _SLUG = re.compile(r"[^A-Za-z0-9._-]+")
@@ -187,13 +185,9 @@ class LookRecord:
         """Checks the fields a caller sets; raises InvalidLookError naming the field."""
         look_id = normalize_look_id(self.look_id)
         if self.status not in STATUSES:
-            raise InvalidLookError(
-                f"look {look_id}: status {self.status!r} is not one of {', '.join(STATUSES)}"
-            )
+            raise InvalidLookError(f"look {look_id}: status {self.status!r} is not one of {', '.join(STATUSES)}")
         if not self.image_path:
-            raise InvalidLookError(
-                f"look {look_id}: image_path is empty; store the image first, then the look"
-            )
+            raise InvalidLookError(f"look {look_id}: image_path is empty; store the image first, then the look")
         for name in ("top_box", "bottom_box"):
             box = getattr(self, name)
             if box is not None and (len(box) != 4 or not all(math.isfinite(float(v)) for v in box)):
@@ -327,13 +321,9 @@ def vector_list(name: str, vector: Sequence[float] | np.ndarray, dim: int) -> li
     """A vector as a float list, checked for dimension and finiteness (a NaN would poison cosine)."""
     array = np.asarray(vector, dtype=np.float32).reshape(-1)
     if array.shape[0] != dim:
-        raise InvalidLookError(
-            f"vector {name!r} has {array.shape[0]} dimensions, the collection expects {dim}"
-        )
+        raise InvalidLookError(f"vector {name!r} has {array.shape[0]} dimensions, the collection expects {dim}")
     if not np.isfinite(array).all():
-        raise InvalidLookError(
-            f"vector {name!r} contains NaN or infinity; fix the embedding before storing it"
-        )
+        raise InvalidLookError(f"vector {name!r} contains NaN or infinity; fix the embedding before storing it")
     if not array.any():
         raise InvalidLookError(f"vector {name!r} is all zeros; cosine similarity is undefined for it")
     return array.tolist()  # type: ignore[no-any-return]
@@ -368,9 +358,7 @@ def merge_reimport(
     version = existing.version + 1 if bump else max(existing.version, 1)
     if not keep_curation:
         return replace(new, created_at=created_at, updated_at=now, version=version, edited_fields=[])
-    kept: dict[str, Any] = {
-        name: getattr(existing, name) for name in existing.edited_fields if name in EDITABLE_FIELDS
-    }
+    kept: dict[str, Any] = {name: getattr(existing, name) for name in existing.edited_fields if name in EDITABLE_FIELDS}
     kept["status"] = existing.status
     return replace(
         new,
@@ -382,9 +370,7 @@ def merge_reimport(
     )
 
 
-def apply_changes(
-    existing: LookRecord, changes: Mapping[str, Any], *, curated: bool, now: float
-) -> LookRecord:
+def apply_changes(existing: LookRecord, changes: Mapping[str, Any], *, curated: bool, now: float) -> LookRecord:
     """The record after an update_look; raises InvalidLookError on a field that may not change."""
     bad = sorted(set(changes) - EDITABLE_FIELDS)
     if bad:
@@ -418,9 +404,7 @@ def decode_cursor(cursor: str) -> dict[str, Any]:
         padded = cursor + "=" * (-len(cursor) % 4)
         state = json.loads(base64.urlsafe_b64decode(padded.encode()))
     except (ValueError, UnicodeDecodeError):
-        raise InvalidLookError(
-            "the scroll cursor is malformed; pass the next_cursor of the previous page"
-        ) from None
+        raise InvalidLookError("the scroll cursor is malformed; pass the next_cursor of the previous page") from None
     if not isinstance(state, dict):
         raise InvalidLookError("the scroll cursor is malformed; pass the next_cursor of the previous page")
     return state
@@ -449,9 +433,7 @@ class LookStore(Protocol):
 
     def ensure(self, model_version: str, dims: VectorDims | tuple[int, int]) -> str: ...
     def live_version(self) -> str | None: ...
-    def upsert(
-        self, points: Sequence[LookPoint], *, keep_curation: bool = True, batch_size: int = 256
-    ) -> int: ...
+    def upsert(self, points: Sequence[LookPoint], *, keep_curation: bool = True, batch_size: int = 256) -> int: ...
     def get(self, look_id: str) -> LookRecord | None: ...
     def get_many(self, look_ids: Sequence[str]) -> list[LookRecord]: ...
     def get_vectors(self, look_id: str) -> dict[str, list[float]] | None: ...

@@ -231,8 +231,7 @@ class ServerLookStore(LookStoreBase):
                 self.client.create_collection,
                 name,
                 vectors_config={
-                    n: qm.VectorParams(size=size, distance=qm.Distance.COSINE)
-                    for n, size in dims.by_name().items()
+                    n: qm.VectorParams(size=size, distance=qm.Distance.COSINE) for n, size in dims.by_name().items()
                 },
                 shard_number=self.shard_number,
                 replication_factor=self.replication_factor,
@@ -249,13 +248,9 @@ class ServerLookStore(LookStoreBase):
             # Local mode warns that it ignores payload indexes; the calls still exercise the server path.
             warnings.filterwarnings("ignore", message="Payload indexes have no effect")
             for field in KEYWORD_INDEXES:
-                self._call(
-                    self.client.create_payload_index, name, field, qm.PayloadSchemaType.KEYWORD, wait=True
-                )
+                self._call(self.client.create_payload_index, name, field, qm.PayloadSchemaType.KEYWORD, wait=True)
             for field in FLOAT_INDEXES:
-                self._call(
-                    self.client.create_payload_index, name, field, qm.PayloadSchemaType.FLOAT, wait=True
-                )
+                self._call(self.client.create_payload_index, name, field, qm.PayloadSchemaType.FLOAT, wait=True)
         self._dims.pop(version, None)
 
     def _drop_collection(self, version: str) -> None:
@@ -323,22 +318,15 @@ class ServerLookStore(LookStoreBase):
             with_vectors=with_vectors,
             consistency=self.read_consistency,
         )
-        return [
-            (str(r.id), dict(r.payload or {}), _vectors(r.vector) if with_vectors else None) for r in records
-        ]
+        return [(str(r.id), dict(r.payload or {}), _vectors(r.vector) if with_vectors else None) for r in records]
 
-    def _write_points(
-        self, version: str, items: Sequence[tuple[str, dict[str, list[float]], dict[str, Any]]]
-    ) -> None:
+    def _write_points(self, version: str, items: Sequence[tuple[str, dict[str, list[float]], dict[str, Any]]]) -> None:
         points = [
-            qm.PointStruct(id=look_id, vector=dict(vectors), payload=payload)
-            for look_id, vectors, payload in items
+            qm.PointStruct(id=look_id, vector=dict(vectors), payload=payload) for look_id, vectors, payload in items
         ]
         self._call(self.client.upsert, self._name(version), points, wait=True)
 
-    def _set_payload_if_version(
-        self, version: str, look_id: str, payload: dict[str, Any], current: int
-    ) -> None:
+    def _set_payload_if_version(self, version: str, look_id: str, payload: dict[str, Any], current: int) -> None:
         selector = qm.Filter(
             must=[
                 qm.HasIdCondition(has_id=[look_id]),
@@ -369,9 +357,7 @@ class ServerLookStore(LookStoreBase):
             if spec.mmr is not None:
                 kwargs["query"] = qm.NearestQuery(
                     nearest=vector,
-                    mmr=qm.Mmr(
-                        diversity=spec.mmr.diversity, candidates_limit=max(spec.mmr.candidates, spec.limit)
-                    ),
+                    mmr=qm.Mmr(diversity=spec.mmr.diversity, candidates_limit=max(spec.mmr.candidates, spec.limit)),
                 )
             else:
                 kwargs["query"] = qm.NearestQuery(nearest=vector)
@@ -522,9 +508,7 @@ def _filter(
         if filters.min_quality > 0.0:
             must.append(qm.FieldCondition(key="quality_score", range=qm.Range(gte=filters.min_quality)))
         if filters.model_version is not None:
-            must.append(
-                qm.FieldCondition(key="model_version", match=qm.MatchValue(value=filters.model_version))
-            )
+            must.append(qm.FieldCondition(key="model_version", match=qm.MatchValue(value=filters.model_version)))
     if quality_range is not None:
         low, high, inclusive = quality_range
         rng = qm.Range(gte=low, lte=high) if inclusive else qm.Range(gte=low, lt=high)

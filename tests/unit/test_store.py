@@ -145,9 +145,7 @@ def test_reimport_keeps_editor_decisions(store: LookStoreBase) -> None:
     target = points[1].record.look_id
     before = store.get(target)
     assert before is not None and before.status == "approved"
-    store.update_look(
-        target, {"status": "rejected", "tags": ["editor-pick"]}, expected_version=before.version
-    )
+    store.update_look(target, {"status": "rejected", "tags": ["editor-pick"]}, expected_version=before.version)
     store.upsert(points)  # a scheduled refresh re-imports the same images
     after = store.get(target)
     assert after is not None
@@ -220,9 +218,7 @@ def test_exact_search_agrees_with_index(store: LookStoreBase) -> None:
     exact = store.search("top", query, limit=5, exact=True)
     approx = store.search("top", query, limit=5)
     assert [h.look.look_id for h in exact] == [h.look.look_id for h in approx]
-    assert exact[0].look.look_id == points[6].record.look_id and exact[0].score == pytest.approx(
-        1.0, abs=1e-5
-    )
+    assert exact[0].look.look_id == points[6].record.look_id and exact[0].score == pytest.approx(1.0, abs=1e-5)
 
 
 def test_search_returns_vectors_on_request(store: LookStoreBase) -> None:
@@ -272,9 +268,7 @@ def test_concurrent_updates_one_wins(store: LookStoreBase) -> None:
         except StaleVersionError:
             outcomes.append("stale")
 
-    threads = [
-        threading.Thread(target=edit, args=(s,)) for s in ("rejected", "featured", "pending", "approved")
-    ]
+    threads = [threading.Thread(target=edit, args=(s,)) for s in ("rejected", "featured", "pending", "approved")]
     for t in threads:
         t.start()
     for t in threads:
@@ -324,9 +318,7 @@ def test_fused_rrf_returns_union_ranked_by_agreement(store: LookStoreBase) -> No
     assert hits[0].score == pytest.approx(2 / 60, rel=1e-4)  # first in both paths (ranks count from 0)
     assert {top_only.record.look_id, bottom_only.record.look_id} <= set(ids[1:3])
     assert len(ids) == len(set(ids)) <= 6  # the union of two top-3 lists
-    weighted = store.fused_search(
-        [("top", q_top), ("bottom", q_bottom)], limit=3, per_path_limit=3, weights=[3.0, 1.0]
-    )
+    weighted = store.fused_search([("top", q_top), ("bottom", q_bottom)], limit=3, per_path_limit=3, weights=[3.0, 1.0])
     assert weighted[1].look.look_id == top_only.record.look_id
     with pytest.raises(InvalidLookError):
         store.fused_search([], limit=3)
@@ -337,9 +329,7 @@ def test_fused_search_applies_the_filter(store: LookStoreBase) -> None:
     store.upsert(points)
     q = np.random.default_rng(5).normal(size=DIMS[0])
     hits = store.fused_search([("top", q), ("bottom", q)], limit=40, min_quality=0.5)
-    assert hits and all(
-        h.look.status in ("approved", "featured") and h.look.quality_score >= 0.5 for h in hits
-    )
+    assert hits and all(h.look.status in ("approved", "featured") and h.look.quality_score >= 0.5 for h in hits)
 
 
 def test_mmr_reduces_near_duplicates(store: LookStoreBase) -> None:
@@ -425,9 +415,7 @@ def test_rebuild_and_promote_while_searching(store: LookStoreBase) -> None:
         writer = store.begin_rebuild("model-2", (16, 8))
         rng = np.random.default_rng(7)
         re_embedded = [
-            LookPoint(
-                p.record, {name: v + rng.normal(scale=0.01, size=len(v)) for name, v in p.vectors.items()}
-            )
+            LookPoint(p.record, {name: v + rng.normal(scale=0.01, size=len(v)) for name, v in p.vectors.items()})
             for p in points
         ]
         writer.upsert(re_embedded[:20])
@@ -485,9 +473,7 @@ def test_edge_reopen_keeps_data_and_live_version(tmp_path: Path) -> None:
         assert s.live_version() == "model-2"
         assert s.count() == 12
         assert s.get(look_id_for(b"look-1")).status == "rejected"  # type: ignore[union-attr]
-        assert s.search("top", library(12)[6].vectors["top"], limit=1)[0].look.look_id == look_id_for(
-            b"look-6"
-        )
+        assert s.search("top", library(12)[6].vectors["top"], limit=1)[0].look.look_id == look_id_for(b"look-6")
 
 
 def test_edge_directory_is_owned_by_one_store(tmp_path: Path) -> None:
