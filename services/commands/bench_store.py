@@ -250,7 +250,7 @@ def _rss_bytes() -> int:
 
 def _dir_bytes(path: Path) -> dict[str, int]:
     """Allocated bytes under path (files are sparse), split into vectors, HNSW graph, payload, WAL, rest."""
-    parts = {"vectors": 0, "hnsw": 0, "payload": 0, "wal": 0, "other": 0}
+    parts = {"vectors": 0, "hnsw": 0, "payload_index": 0, "payload": 0, "wal": 0, "other": 0}
     for file in path.rglob("*"):
         if not file.is_file():
             continue
@@ -260,10 +260,12 @@ def _dir_bytes(path: Path) -> dict[str, int]:
             key = "wal"  # preallocated log segments: a fixed cost per shard, not per look
         elif "vector_storage" in text or "vectors" in text:
             key = "hnsw" if ("graph" in text or "links" in text or "hnsw" in text) else "vectors"
-        elif "hnsw" in text or "graph" in text or "links" in text:
+        elif "hnsw" in text or "graph" in text or "links" in text or "vector_index" in text:
             key = "hnsw"
+        elif "payload_index" in text:
+            key = "payload_index"  # kept in RAM: filters read it on every query
         elif "payload" in text:
-            key = "payload"
+            key = "payload"  # read only for the hits: may stay on disk
         else:
             key = "other"
         parts[key] += size
@@ -657,6 +659,7 @@ def bench_store(
         if not keep:
             shutil.rmtree(work_dir / f"n{n}", ignore_errors=True)
         _print_run(run)
+        _print_capacity(run)
         if json_out is not None:  # after each size, so a long run that is cut off keeps what it measured
             json_out.parent.mkdir(parents=True, exist_ok=True)
             json_out.write_text(json.dumps([asdict(r) for r in runs], indent=2))
@@ -685,6 +688,59 @@ def _print_run(run: StoreRun) -> None:
     click.echo(f"reopen        {run.reopen_seconds:.2f} s, first query {run.first_query_ms:.1f} ms")
     click.echo(f"cpus          {run.build_cpus} while building, {run.search_cpus} while searching")
     click.echo(f"engine        {run.segments} segments, {run.indexed_vectors:,} vectors in HNSW")
+
+
+GIB = 2**30
+
+
+def capacity_rows(
+    run: StoreRun,
+    sizes: tuple[int, ...] = (10**6, 10**7, 10**8),
+    *,
+    replication: int = 2,
+    node_gib: float = 16.0,
+    usable: float = 0.75,
+) -> list[dict[str, Any]]:
+    """RAM, disk and Qdrant nodes per library size, scaled from the measured bytes per look.
+
+    RAM holds what every search touches: vectors (float32, or int8 with scalar quantization, the
+    float32 originals then staying on disk for rescoring), the HNSW graphs, the payload indexes and
+    the id tracker. Payload storage and the WAL stay on disk. Each node gives `usable` of `node_gib`
+    to the library; a cluster keeps at least 3 peers.
+    """
+    import math
+
+    per = {k: v / run.n for k, v in run.disk_bytes.items()}
+    rest = per["hnsw"] + per["payload_index"] + per["other"]
+    rows = []
+    for quantized in (False, True):
+        ram = (per["vectors"] / 4 if quantized else per["vectors"]) + rest
+        disk = per["vectors"] * (1.25 if quantized else 1.0) + rest + per["payload"]
+        for n in sizes:
+            total_ram = ram * n * replication
+            nodes = max(3, math.ceil(total_ram / (node_gib * usable * GIB)))
+            rows.append(
+                {
+                    "looks": n,
+                    "scalar_quantization": quantized,
+                    "ram_bytes_per_look": round(ram),
+                    "ram_gib": round(total_ram / GIB, 1),
+                    "disk_gib": round(disk * n * replication / GIB, 1),
+                    "nodes": nodes,
+                }
+            )
+    return rows
+
+
+def _print_capacity(run: StoreRun) -> None:
+    click.echo("\ncapacity (replication 2, 16 GiB Qdrant nodes, 75% for the library):")
+    click.echo("| looks | quantization | RAM/look | RAM (all replicas) | disk (all replicas) | Qdrant nodes |")
+    click.echo("|---|---|---|---|---|---|")
+    for row in capacity_rows(run):
+        click.echo(
+            f"| {row['looks']:,} | {'int8 scalar' if row['scalar_quantization'] else 'none (float32)'} | "
+            f"{row['ram_bytes_per_look']:,} B | {row['ram_gib']:,} GiB | {row['disk_gib']:,} GiB | {row['nodes']} |"
+        )
 
 
 def register(main: click.Group) -> None:
