@@ -172,6 +172,10 @@ def test_overlay_renders_every_tier(overlay: str) -> None:
         assert ("HorizontalPodAutoscaler", name) in names, f"{overlay}: HPA {name} missing"
     for name in ("gateway", "vision", "qdrant"):
         assert ("PodDisruptionBudget", name) in names, f"{overlay}: PDB {name} missing"
+    # The NetworkPolicies admit pods by this label: a pod without it could not reach Qdrant or Redis.
+    for workload in workloads(docs):
+        labels = workload["spec"]["template"]["metadata"]["labels"]
+        assert labels.get("app.kubernetes.io/part-of") == "lookbook", workload["metadata"]["name"]
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
