@@ -39,6 +39,8 @@ def main(argv: list[str]) -> int:
         },
     )
     if role == "beat":
+        # The schedule file (last run of each entry) lives in the data directory.
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
         log.info(
             "beat schedule",
             extra={"sources": list(settings.refresh_sources), "interval_s": settings.refresh_interval_s},

@@ -63,9 +63,7 @@ def client(redis_url: str, data_dir: Path, **settings: Any) -> CeleryLibrary:
     )
 
 
-def wait_job(
-    library: CeleryLibrary, job_id: str, until: Any = None, worker: Worker | None = None
-) -> JobProgress:
+def wait_job(library: CeleryLibrary, job_id: str, until: Any = None, worker: Worker | None = None) -> JobProgress:
     """Polls the job until it finishes (or `until(progress)` holds)."""
     deadline = time.monotonic() + WAIT_S
     progress = None
@@ -274,3 +272,35 @@ def test_job_progress_in_redis_counts_each_look_once(redis_url: str) -> None:
     assert progress is not None and progress.state == "succeeded" and progress.quarantined == 1
     assert json.loads(json.dumps(progress.to_json()))["finished"] is True
     assert [q.reason for q in jobs.quarantined()] == ["corrupt"]
+
+
+def test_beat_refreshes_the_configured_sources_on_schedule(redis_url: str, looks_dir: Path, tmp_path: Path) -> None:
+    for extra in sorted(looks_dir.iterdir())[2:]:
+        extra.unlink()
+    data_dir = tmp_path / "data"
+    schedule = {"refresh_sources": str(looks_dir), "refresh_interval_s": 10}
+    worker = start_worker(redis_url, data_dir, tmp_path / "worker.log", **schedule)
+    beat = subprocess.Popen(
+        [sys.executable, "-m", "services.workers", "beat"],
+        cwd=REPO,
+        env=worker_env(redis_url, data_dir, **{**TIMINGS, **schedule}),
+        stdout=(tmp_path / "beat.log").open("w"),
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        library = client(redis_url, data_dir)
+        deadline = time.monotonic() + WAIT_S
+        while time.monotonic() < deadline:
+            jobs = [j for j in library.jobs.recent() if j.source == str(looks_dir) and j.finished and j.total]
+            if jobs:
+                break
+            assert beat.poll() is None, (tmp_path / "beat.log").read_text()
+            time.sleep(0.5)
+        else:
+            pytest.fail(f"beat never refreshed {looks_dir}:\n{(tmp_path / 'beat.log').read_text()}")
+    finally:
+        beat.terminate()
+        beat.wait(timeout=60)
+        worker.stop()
+    assert (jobs[0].state, jobs[0].done) == ("succeeded", 2)
+    assert library_ids(data_dir)[0] == 2
