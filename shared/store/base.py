@@ -99,6 +99,9 @@ class LookStoreBase(ABC):
     @abstractmethod
     def _read_live(self) -> str | None: ...
 
+    def _refresh_live(self) -> None:  # noqa: B027 - a hook: only backends that cache the alias override it
+        """Forgets any cached view of the live version before a decision that depends on it."""
+
     @abstractmethod
     def _switch_live(self, version: str) -> None:
         """Atomically points readers at this version's collection."""
@@ -174,6 +177,7 @@ class LookStoreBase(ABC):
         wanted = VectorDims.of(dims)
         with self._lock:
             self._check_open()
+            self._refresh_live()
             live = self._read_live()
             if live is None:
                 if self._collection_dims(model_version) is None:
@@ -534,19 +538,25 @@ class LookStoreBase(ABC):
     # ---------------------------------------------------------------- rebuild and promote
 
     def begin_rebuild(
-        self, model_version: str, dims: VectorDims | tuple[int, int], *, fresh: bool = False
+        self, model_version: str, dims: VectorDims | tuple[int, int] | None = None, *, fresh: bool = False
     ) -> LookStoreRebuild:
         """Starts (or resumes) writing a new model version's collection while readers use the live one.
 
-        The writer merges curation from the live collection, so statuses and editor edits carry
-        over. fresh=True discards a half-built collection of that version first.
+        dims default to the live collection's. The writer merges curation from the live collection,
+        so statuses and editor edits carry over. fresh=True discards a half-built collection of that
+        version first.
         """
-        wanted = VectorDims.of(dims)
         with self._lock:
             self._check_open()
+            self._refresh_live()
             live = self._read_live()
             if live == model_version:
                 raise StoreError(f"model version {model_version} is already live; nothing to rebuild")
+            if dims is None:
+                if live is None:
+                    raise StoreError("no live collection to take dims from; pass dims to begin_rebuild()")
+                dims = self._dims_or_fail(live)
+            wanted = VectorDims.of(dims)
             have = self._collection_dims(model_version)
             if have is not None and (fresh or have != wanted):
                 self._drop_collection(model_version)
@@ -568,6 +578,7 @@ class LookStoreBase(ABC):
             self._check_open()
             if self._collection_dims(model_version) is None:
                 raise StoreError(f"no collection for model version {model_version}; run begin_rebuild() first")
+            self._refresh_live()
             live = self._read_live()
             if live is not None and live != model_version:
                 self._reconcile(live, model_version, allow_missing=allow_missing)
@@ -630,6 +641,7 @@ class LookStoreBase(ABC):
 
     def _abort(self, model_version: str) -> None:
         with self._lock:
+            self._refresh_live()
             if self._read_live() == model_version:
                 raise StoreError(f"model version {model_version} is live; it cannot be aborted")
             self._rebuilds.pop(model_version, None)

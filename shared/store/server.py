@@ -263,6 +263,9 @@ class ServerLookStore(LookStoreBase):
         value = info[1].get("rebuild_started_at") if info else None
         return float(value) if value is not None else None
 
+    def _refresh_live(self) -> None:
+        self._live_cache = None
+
     def _read_live(self) -> str | None:
         cached = self._live_cache
         if cached is not None and time.monotonic() - cached[0] < ALIAS_TTL_S:
