@@ -283,6 +283,18 @@ def test_concurrent_updates_one_wins(store: LookStoreBase) -> None:
     assert store.get(look_id).version == version + 1  # type: ignore[union-attr]
 
 
+def test_engine_side_version_condition(store: LookStoreBase) -> None:
+    # What protects an update across processes, where the in-process lock cannot: the engine applies
+    # the change only while the stored version is still the one read.
+    store.upsert(library(2))
+    look_id = look_id_for(b"look-1")
+    version = store.get(look_id).version  # type: ignore[union-attr]
+    store._set_payload_if_version("model-1", look_id, {"status": "rejected"}, version + 1)
+    assert store.get(look_id).status == "approved"  # type: ignore[union-attr]
+    store._set_payload_if_version("model-1", look_id, {"status": "rejected"}, version)
+    assert store.get(look_id).status == "rejected"  # type: ignore[union-attr]
+
+
 def test_bad_vectors_write_nothing(store: LookStoreBase) -> None:
     rng = np.random.default_rng(0)
     good = make_point(1, rng)
@@ -351,6 +363,9 @@ def test_mmr_reduces_near_duplicates(store: LookStoreBase) -> None:
     assert len(diverse) == 5
     assert len(dup_ids & {h.look.look_id for h in diverse}) <= 2
     assert diverse[0].look.look_id in dup_ids  # the most relevant look still leads
+    # diversity 0 is pure relevance on both engines (Edge's lambda is 1 - diversity).
+    relevance_only = store.search("top", query, limit=5, mmr=Mmr(diversity=0.0, candidates=16))
+    assert {h.look.look_id for h in relevance_only} == {h.look.look_id for h in plain}
 
 
 def test_scroll_pages_cover_everything_once(store: LookStoreBase) -> None:
