@@ -169,9 +169,7 @@ def _shot(page: Page, name: str) -> None:
     page.screenshot(path=str(ARTIFACTS / f"console-{name}.png"))
 
 
-def test_sign_in_filter_pending_approve_with_keyboard_then_match(
-    lookbook: ServiceThread, console_url: str
-) -> None:
+def test_sign_in_filter_pending_approve_with_keyboard_then_match(lookbook: ServiceThread, console_url: str) -> None:
     assert Path(CHROMIUM).is_file(), f"{CHROMIUM} is missing: run scripts/ensure_chromium.sh (make test does)"
     running = lookbook.running
     settings, store = running.settings, running.store
@@ -182,9 +180,7 @@ def test_sign_in_filter_pending_approve_with_keyboard_then_match(
 
     # A look arrives pending (as an import below the auto-approve bar does): it must not match yet.
     look, photo = _pick_matchable_look(store, settings, gateway)
-    look = store.update_look(
-        look.look_id, {"status": "pending"}, expected_version=look.version, curated=False
-    )
+    look = store.update_look(look.look_id, {"status": "pending"}, expected_version=look.version, curated=False)
     assert look.look_id not in _matched_ids(gateway, photo)
 
     with sync_playwright() as playwright:
@@ -235,6 +231,19 @@ def test_sign_in_filter_pending_approve_with_keyboard_then_match(
             stored = store.get(look.look_id)
             assert stored is not None and stored.status == "rejected"
             assert look.look_id not in _matched_ids(gateway, photo)
+
+            # Arrow keys move between looks; x selects the focused one for a bulk action.
+            page.goto(f"{console_url}/")
+            cards = page.locator("article.look")
+            expect(cards.nth(1)).to_be_visible()
+            ids = cards.evaluate_all("els => els.map(e => e.dataset.lookId)")
+            cards.first.focus()
+            page.keyboard.press("ArrowRight")
+            assert page.evaluate("document.activeElement.dataset.lookId") == ids[1]
+            page.keyboard.press("x")
+            expect(cards.nth(1).locator("input.select")).to_be_checked()
+            page.keyboard.press("ArrowLeft")
+            assert page.evaluate("document.activeElement.dataset.lookId") == ids[0]
 
             # The audit log page shows both decisions.
             page.goto(f"{console_url}/audit?look_id={look.look_id}")
