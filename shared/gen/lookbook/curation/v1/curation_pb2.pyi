@@ -358,15 +358,15 @@ class ImportJob(_message.Message):
     source: _builtins.str
     state: Global___ImportState.ValueType
     total: _builtins.int
-    """Images found in the source; 0 until the workers have listed it."""
+    """Images of the source to ingest (those not yet in the library); 0 until the workers have planned the job."""
     processed: _builtins.int
     """Images handled so far: imported + skipped + failed."""
     imported: _builtins.int
     """New or updated looks."""
     skipped: _builtins.int
-    """Already in the library unchanged, or filtered out."""
+    """Images of the source already in the library (a re-run adds nothing)."""
     failed: _builtins.int
-    """Poison images, sent to quarantine with a reason."""
+    """Poison images sent to quarantine with a reason, and images that failed after every retry."""
     error: _builtins.str
     """Why the job failed, when it did."""
     requested_by: _builtins.str
