@@ -619,19 +619,31 @@ class LookStoreBase(ABC):
         if gone:
             self._delete_points(target, sorted(gone))
         started = self._rebuild_started_at(target)
-        candidates = sorted(live_ids & target_ids)
-        for batch in _batches(candidates, 512):
-            live_recs = {i: p for i, p, _ in self._retrieve(live, batch, with_vectors=False)}
-            if started is not None:
-                live_recs = {i: p for i, p in live_recs.items() if float(p.get("updated_at", 0.0)) >= started}
-            if not live_recs:
-                continue
+        # Only looks changed since the rebuild began can differ (the writer copied curation as it went);
+        # updated_at is indexed, so this reads the edits, not the library.
+        offset: str | None = None
+        changed = LookFilter(updated_since=started) if started is not None else None
+        while True:
+            raw, offset = self._scroll_raw(
+                live,
+                changed,
+                limit=512,
+                offset=offset,
+                order_key=None,
+                descending=False,
+                start_from=None,
+                exclude_ids=(),
+                payload_keys=None,
+            )
+            live_recs = {i: p for i, p, _ in raw if i in target_ids}
             for i, p, _ in self._retrieve(target, list(live_recs), with_vectors=False):
                 source = live_recs[i]
                 keys = {*CURATION_FIELDS, *source.get("edited_fields", [])}
                 wanted = {k: source[k] for k in keys if k in source}
                 if any(p.get(k) != v for k, v in wanted.items()):
                     self._set_payload(target, i, wanted)
+            if offset is None:
+                return
 
     def _missing_from(self, target: str) -> set[str]:
         live = self._read_live()

@@ -423,6 +423,8 @@ def _filter(
             must.append(qe.FieldCondition("quality_score", range=qe.RangeFloat(gte=filters.min_quality)))
         if filters.model_version is not None:
             must.append(qe.FieldCondition("model_version", match=qe.MatchValue(filters.model_version)))
+        if filters.updated_since is not None:
+            must.append(qe.FieldCondition("updated_at", range=qe.RangeFloat(gte=filters.updated_since)))
     if quality_range is not None:
         low, high, inclusive = quality_range
         rng = qe.RangeFloat(gte=low, lte=high) if inclusive else qe.RangeFloat(gte=low, lt=high)

@@ -246,6 +246,7 @@ class LookFilter:
     sources: tuple[str, ...] = ()
     min_quality: float = 0.0
     model_version: str | None = None
+    updated_since: float | None = None  # epoch seconds; looks changed (imported or edited) at or after
 
     def __post_init__(self) -> None:
         if self.statuses is not None:

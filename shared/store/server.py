@@ -512,6 +512,8 @@ def _filter(
             must.append(qm.FieldCondition(key="quality_score", range=qm.Range(gte=filters.min_quality)))
         if filters.model_version is not None:
             must.append(qm.FieldCondition(key="model_version", match=qm.MatchValue(value=filters.model_version)))
+        if filters.updated_since is not None:
+            must.append(qm.FieldCondition(key="updated_at", range=qm.Range(gte=filters.updated_since)))
     if quality_range is not None:
         low, high, inclusive = quality_range
         rng = qm.Range(gte=low, lte=high) if inclusive else qm.Range(gte=low, lt=high)

@@ -179,6 +179,8 @@ def test_filters_by_status_tags_quality_source(store: LookStoreBase) -> None:
     assert store.count(LookFilter(tags=("summer",))) == sum("summer" in r.tags for r in records)
     assert store.count(LookFilter(min_quality=0.7)) == sum(r.quality_score >= 0.7 for r in records)
     assert store.count(LookFilter(sources=("feed",))) == sum(r.source == "feed" for r in records)
+    edited = store.update_look(records[3].look_id, {"tags": ["late"]})
+    assert store.count(LookFilter(updated_since=edited.updated_at)) == 1
     query = np.random.default_rng(9).normal(size=DIMS[0])
     hits = store.search("top", query, limit=50, tags=["summer"], min_quality=0.3)
     expected = {
