@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -86,12 +87,64 @@ def prepare_library(settings: Settings, store: LookStore, vision: Any, *, import
         log.info("demo library imported", extra={"added": report.added, "rejected": len(report.rejected)})
 
 
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def compose_curation(settings: Settings, running: Running, vision: Any) -> tuple[Any, list[Any]]:
+    """The curation service and its console over the shared store, with imports on the library runner."""
+    from services.curation.console import console_routes
+    from services.curation.imports import BoardImportJobs
+    from services.curation.ledger import Ledger
+    from services.curation.server import build_server as curation_server
+    from services.workers.embedded import library_runner
+
+    assert running.store is not None
+    store = running.store
+    ledger = Ledger.in_data_dir(settings.data_dir)
+    runner = library_runner(settings, store=store, analyzer_factory=(lambda: vision) if vision else None)
+    running.closers.append(runner.close)
+    jobs = BoardImportJobs(runner.jobs, runner.launch, check_source=runner.check_source)
+
+    def build(bind_port: int) -> Any:
+        return curation_server(settings, store, ledger=ledger, jobs=jobs, port=bind_port)
+
+    return build, console_routes(settings, store, ledger=ledger, jobs=jobs)
+
+
+async def start_http(settings: Settings, running: Running, extra_routes: list[Any]) -> None:
+    """Serves look images, crops and (when given) the console; returns once the socket listens."""
+    from services.http_app import build_http_app
+
+    assert running.store is not None
+    app = build_http_app(settings, running.store, extra_routes)
+    config = uvicorn.Config(
+        app, host=settings.host, port=settings.http_port, log_config=None, access_log=False, lifespan="off"
+    )
+    running.http = uvicorn.Server(config)
+    running.http_task = asyncio.create_task(running.http.serve())
+    while not running.http.started:
+        if running.http_task.done():
+            running.http_task.result()
+            raise OSError(
+                f"the HTTP server could not listen on {settings.host}:{settings.http_port}: "
+                "free the port or set LOOKBOOK_HTTP_PORT"
+            )
+        await asyncio.sleep(0.02)
+    running.ports["http"] = settings.http_port
+
+
 async def start(
     settings: Settings, service: str = "all", *, import_demo: bool = True, random_ports: bool = False
 ) -> Running:
     """Starts the named service(s); ports are taken from settings, or picked free with random_ports."""
     if service not in SERVICES:
         raise ValueError(f"unknown service {service!r}: use one of {', '.join(SERVICES)}")
+    if random_ports:
+        # Image URIs name the HTTP port, so it is picked before anything that builds them.
+        settings = settings.model_copy(update={"http_port": free_port()})
     running = Running(settings)
     port = (lambda configured: 0) if random_ports else (lambda configured: configured)
     try:
@@ -104,33 +157,12 @@ async def start(
             running.closers.append(store.close)
             if vision is not None:
                 await asyncio.to_thread(prepare_library, settings, store, vision, import_demo=import_demo)
-        if running.store is not None and service in ("all", "gateway"):
-            from services.http_app import build_http_app
-
-            app = build_http_app(settings, running.store)
-            config = uvicorn.Config(
-                app,
-                host=settings.host,
-                port=port(settings.http_port),
-                log_config=None,
-                access_log=False,
-                lifespan="off",
-            )
-            running.http = uvicorn.Server(config)
-            running.http_task = asyncio.create_task(running.http.serve())
-            while not running.http.started:
-                if running.http_task.done():
-                    running.http_task.result()
-                    raise OSError(
-                        f"the HTTP server could not listen on {settings.host}:{settings.http_port}: "
-                        "free the port or set LOOKBOOK_HTTP_PORT"
-                    )
-                await asyncio.sleep(0.02)
-            sockets = [s for srv in running.http.servers for s in srv.sockets]
-            running.ports["http"] = sockets[0].getsockname()[1] if sockets else settings.http_port
-            # With a port picked at random, image URIs must name the port actually bound.
-            settings = settings.model_copy(update={"http_port": running.ports["http"]})
-            running.settings = settings
+        extra_routes: list[Any] = []
+        curation = None
+        if running.store is not None and service in ("all", "curation"):
+            curation, extra_routes = compose_curation(settings, running, vision)
+        if running.store is not None:
+            await start_http(settings, running, extra_routes)
         if service in ("all", "vision"):
             from services.vision.server import build_server as vision_server
 
@@ -153,6 +185,10 @@ async def start(
             )
             running.servers.append((server, health_servicer, names))
             running.ports["gateway"] = bound
+        if curation is not None:
+            server, health_servicer, bound, names = curation(port(settings.curation_port))
+            running.servers.append((server, health_servicer, names))
+            running.ports["curation"] = bound
         for server, health_servicer, names in running.servers:
             await server.start()
             await set_serving(health_servicer, names, True)
@@ -170,7 +206,9 @@ async def serve_forever(settings: Settings, service: str = "all") -> None:
     for name, bound in running.ports.items():
         lines.append(f"  {name:<8} {host}:{bound}")
     if "gateway" in running.ports:
-        lines.append(f"Try it:  .venv/bin/lookbook match PHOTO.jpg --gateway {host}:{running.ports['gateway']}")
+        lines.append(f"Try it:   .venv/bin/lookbook match PHOTO.jpg --gateway {host}:{running.ports['gateway']}")
+    if "curation" in running.ports:
+        lines.append(f"Console:  {settings.base_url}/console/  (create an editor: .venv/bin/lookbook editors add NAME)")
     print("\n".join(lines), flush=True)
     await wait_for_signal()
     await running.stop()
