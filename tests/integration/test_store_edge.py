@@ -4,6 +4,8 @@ while imports, edits and index builds run, and a re-embed that survives a restar
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -126,3 +128,25 @@ def test_reembed_resumes_after_a_restart_and_keeps_curation(tmp_path: Path) -> N
         look = store.get(look_id_for(b"look-1"))
         assert look is not None and look.status == "featured" and look.tags == ["editor"]
         assert look.model_version == "model-2"
+
+
+def test_acknowledged_writes_survive_a_killed_process(tmp_path: Path) -> None:
+    # The shard's write-ahead log makes an acknowledged upsert durable without flush or close.
+    code = f"""
+import os
+import numpy as np
+from shared.store import EdgeLookStore, LookPoint, LookRecord, look_id_for
+store = EdgeLookStore({str(tmp_path)!r})
+store.ensure("model-1", (8, 4))
+rng = np.random.default_rng(0)
+store.upsert([
+    LookPoint(LookRecord(look_id_for(str(i).encode()), f"{{i}}.jpg", status="approved"), {{"top": rng.normal(size=8)}})
+    for i in range(50)
+])
+store.update_look(look_id_for(b"1"), {{"status": "rejected"}})
+os._exit(0)
+"""
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parents[2])
+    with EdgeLookStore(tmp_path) as store:  # the dead process's directory lock is gone with it
+        assert store.live_version() == "model-1" and store.count() == 50
+        assert store.get(look_id_for(b"1")).status == "rejected"  # type: ignore[union-attr]
