@@ -38,7 +38,7 @@ from services.curation.imports import (
     ImportsUnavailableError,
     NoImportJobs,
 )
-from services.curation.ledger import Credential, Ledger
+from services.curation.ledger import Credential, Ledger, SignInThrottledError
 from shared.settings import Settings
 from shared.store.model import (
     STATUSES,
@@ -283,9 +283,12 @@ class Console:
         if not (sent and expected and hmac.compare_digest(sent, expected) and self.same_origin(request)):
             return self.login_page(request, status_code=403, error="The form expired: sign in again.")
         name, password = str(form.get("editor", "")), str(form.get("password", ""))
-        issued = await run_in_threadpool(
-            self.ledger.login, name, password, kind="session", ttl_s=self.settings.editor_session_ttl_s
-        )
+        try:
+            issued = await run_in_threadpool(
+                self.ledger.login, name, password, kind="session", ttl_s=self.settings.editor_session_ttl_s
+            )
+        except SignInThrottledError as exc:
+            return self.login_page(request, status_code=429, error=str(exc), next_url=next_url)
         if issued is None:
             log.warning("console sign-in refused", extra={"editor": name})
             return self.login_page(request, status_code=401, error="Wrong editor name or password.", next_url=next_url)

@@ -25,6 +25,9 @@ from argon2.exceptions import InvalidHashError, VerificationError
 LEDGER_FILE = "curation.sqlite3"
 EDITOR_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{1,31}$")
 MIN_PASSWORD = 8
+# Password guessing is slowed per editor name: this many failures within the window lock it for the window.
+MAX_SIGN_IN_FAILURES = 5
+SIGN_IN_WINDOW_S = 300.0
 TokenKind = Literal["session", "api"]
 
 _SCHEMA = """
@@ -44,6 +47,11 @@ CREATE TABLE IF NOT EXISTS tokens (
     revoked INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS tokens_editor ON tokens(editor);
+CREATE TABLE IF NOT EXISTS sign_in_failures (
+    editor TEXT NOT NULL,
+    at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS sign_in_failures_editor ON sign_in_failures(editor, at);
 CREATE TABLE IF NOT EXISTS audit_events (
     event_id INTEGER PRIMARY KEY AUTOINCREMENT,
     at REAL NOT NULL,
@@ -75,6 +83,17 @@ BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
 
 class EditorError(ValueError):
     """An editor account cannot be created or changed; the message says what to do instead."""
+
+
+class SignInThrottledError(RuntimeError):
+    """Too many wrong passwords for one editor name lately; sign-in is refused until the window passes."""
+
+    def __init__(self, retry_after_s: float) -> None:
+        super().__init__(
+            f"too many failed sign-ins for this editor: wait {max(1, round(retry_after_s))} s and try again, "
+            "or ask an admin to reset the password (`lookbook editors passwd NAME`)"
+        )
+        self.retry_after_s = retry_after_s
 
 
 @dataclass(frozen=True)
@@ -242,9 +261,24 @@ class Ledger:
         return IssuedToken(token=token, credential=credential)
 
     def login(self, name: str, password: str, *, kind: TokenKind, ttl_s: float) -> IssuedToken | None:
+        """A new token for the right password, None for a wrong one; SignInThrottledError after repeated failures."""
+        name = name.strip().lower()
+        now = time.time()
+        with self._connect() as db:
+            db.execute("DELETE FROM sign_in_failures WHERE at < ?", (now - SIGN_IN_WINDOW_S,))
+            recent = [
+                r["at"]
+                for r in db.execute("SELECT at FROM sign_in_failures WHERE editor = ? ORDER BY at", (name,)).fetchall()
+            ]
+        if len(recent) >= MAX_SIGN_IN_FAILURES:
+            raise SignInThrottledError(recent[-MAX_SIGN_IN_FAILURES] + SIGN_IN_WINDOW_S - now)
         if not self.verify_password(name, password):
+            with self._connect() as db:
+                db.execute("INSERT INTO sign_in_failures(editor, at) VALUES (?, ?)", (name, time.time()))
             return None
-        return self.issue_token(name.strip().lower(), kind=kind, ttl_s=ttl_s)
+        with self._connect() as db:
+            db.execute("DELETE FROM sign_in_failures WHERE editor = ?", (name,))
+        return self.issue_token(name, kind=kind, ttl_s=ttl_s)
 
     def authenticate(self, token: str) -> Credential | None:
         """The credential of a token, or None when it is unknown, expired, revoked or its editor disabled."""

@@ -29,7 +29,7 @@ from services.curation.contract import (
 )
 from services.curation.desk import MAX_PAGE, CurationDesk, CurationInputError, LookQuery
 from services.curation.imports import ImportJobNotFoundError, ImportJobs, ImportsUnavailableError
-from services.curation.ledger import Ledger
+from services.curation.ledger import Ledger, SignInThrottledError
 from shared.grpc_runtime import add_health_and_reflection, bind, new_server
 from shared.logs import request_id
 from shared.settings import Settings
@@ -103,13 +103,16 @@ class CurationServicer(curation_pb2_grpc.CurationServiceServicer):
     async def Login(
         self, request: curation_pb2.LoginRequest, context: grpc.aio.ServicerContext
     ) -> curation_pb2.LoginResponse:
-        issued = await asyncio.to_thread(
-            self.ledger.login,
-            request.editor,
-            request.password,
-            kind="api",
-            ttl_s=self.settings.editor_session_ttl_s,
-        )
+        try:
+            issued = await asyncio.to_thread(
+                self.ledger.login,
+                request.editor,
+                request.password,
+                kind="api",
+                ttl_s=self.settings.editor_session_ttl_s,
+            )
+        except SignInThrottledError as exc:
+            await _abort(context, grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
         if issued is None:
             log.warning("editor sign-in refused", extra={"editor": request.editor})
             await _abort(

@@ -83,9 +83,7 @@ def curation(tmp_path: Path) -> Iterator[Curation]:
         if not Path(source).exists():
             raise ValueError(f"source {source} does not exist: give a directory or a looks.json manifest")
 
-    jobs = BoardImportJobs(
-        board, lambda job_id, source: launched.append((job_id, source)), check_source=check_source
-    )
+    jobs = BoardImportJobs(board, lambda job_id, source: launched.append((job_id, source)), check_source=check_source)
     runner = ServerThread()
 
     async def start() -> tuple[grpc.aio.Server, int]:
@@ -163,16 +161,12 @@ def test_expired_revoked_and_disabled_tokens_are_refused(curation: Curation) -> 
     curation.ledger.revoke(revoked)
     for token in (expired, revoked):
         with pytest.raises(grpc.RpcError) as caught:
-            curation.stub.ListLooks(
-                curation_pb2.ListLooksRequest(), metadata=curation.auth(token), timeout=30
-            )
+            curation.stub.ListLooks(curation_pb2.ListLooksRequest(), metadata=curation.auth(token), timeout=30)
         assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
         assert "sign in again" in (caught.value.details() or "")
     curation.ledger.set_disabled("bob", True)
     with pytest.raises(grpc.RpcError) as caught:
-        curation.stub.ListLooks(
-            curation_pb2.ListLooksRequest(), metadata=curation.auth(curation.bob_token), timeout=30
-        )
+        curation.stub.ListLooks(curation_pb2.ListLooksRequest(), metadata=curation.auth(curation.bob_token), timeout=30)
     assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
 
 
@@ -183,6 +177,17 @@ def test_login_with_a_wrong_password_is_unauthenticated(curation: Curation) -> N
         assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
     reply = curation.stub.Login(curation_pb2.LoginRequest(editor="ADA", password=PASSWORD), timeout=30)
     assert reply.editor == "ada" and reply.token.startswith("lbk_") and reply.expires_at.seconds > 0
+
+
+def test_password_guessing_is_throttled(curation: Curation) -> None:
+    for _ in range(5):
+        with pytest.raises(grpc.RpcError) as caught:
+            curation.stub.Login(curation_pb2.LoginRequest(editor="bob", password="guess-guess"), timeout=30)
+        assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    with pytest.raises(grpc.RpcError) as caught:
+        curation.stub.Login(curation_pb2.LoginRequest(editor="bob", password=PASSWORD), timeout=30)
+    assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "too many failed sign-ins" in (caught.value.details() or "")
 
 
 def test_tokens_are_stored_only_as_digests(curation: Curation) -> None:
@@ -200,9 +205,7 @@ def test_list_looks_filters_sorts_and_pages(curation: Curation) -> None:
     assert everything.total == len(c.looks) == len(everything.looks)
     assert everything.next_page_token == ""
 
-    pending = c.stub.ListLooks(
-        curation_pb2.ListLooksRequest(statuses=[PENDING]), metadata=c.auth(), timeout=30
-    )
+    pending = c.stub.ListLooks(curation_pb2.ListLooksRequest(statuses=[PENDING]), metadata=c.auth(), timeout=30)
     assert pending.total == sum(look.status == "pending" for look in c.looks) > 0
     assert {look.status for look in pending.looks} == {PENDING}
 
@@ -210,15 +213,11 @@ def test_list_looks_filters_sorts_and_pages(curation: Curation) -> None:
     assert denim.total == sum("denim" in look.tags for look in c.looks) > 0
     assert all("denim" in look.tags for look in denim.looks)
 
-    source = c.stub.ListLooks(
-        curation_pb2.ListLooksRequest(source="blog-import"), metadata=c.auth(), timeout=30
-    )
+    source = c.stub.ListLooks(curation_pb2.ListLooksRequest(source="blog-import"), metadata=c.auth(), timeout=30)
     assert source.total == sum(look.source == "blog-import" for look in c.looks) > 0
 
     ranged = c.stub.ListLooks(
-        curation_pb2.ListLooksRequest(
-            min_quality=0.3, max_quality=0.6, sort=curation_pb2.LOOK_SORT_QUALITY_ASC
-        ),
+        curation_pb2.ListLooksRequest(min_quality=0.3, max_quality=0.6, sort=curation_pb2.LOOK_SORT_QUALITY_ASC),
         metadata=c.auth(),
         timeout=30,
     )
@@ -262,9 +261,7 @@ def test_list_looks_rejects_bad_arguments(curation: Curation) -> None:
 
 def test_get_look(curation: Curation) -> None:
     look = curation.looks[0]
-    got = curation.stub.GetLook(
-        curation_pb2.GetLookRequest(look_id=look.look_id), metadata=curation.auth(), timeout=30
-    )
+    got = curation.stub.GetLook(curation_pb2.GetLookRequest(look_id=look.look_id), metadata=curation.auth(), timeout=30)
     assert got.look_id == look.look_id and got.version == look.version
     assert got.HasField("top_box") and got.HasField("bottom_box")
     assert got.width == look.width and list(got.tags) == look.tags
@@ -273,9 +270,7 @@ def test_get_look(curation: Curation) -> None:
         ("not-a-uuid", grpc.StatusCode.INVALID_ARGUMENT),
     ):
         with pytest.raises(grpc.RpcError) as caught:
-            curation.stub.GetLook(
-                curation_pb2.GetLookRequest(look_id=look_id), metadata=curation.auth(), timeout=30
-            )
+            curation.stub.GetLook(curation_pb2.GetLookRequest(look_id=look_id), metadata=curation.auth(), timeout=30)
         assert caught.value.code() == code
 
 
@@ -337,9 +332,7 @@ def test_a_stale_edit_is_aborted_and_never_overwrites(curation: Curation) -> Non
     stale = [
         (
             "SetStatus",
-            curation_pb2.SetStatusRequest(
-                look_id=look.look_id, status=REJECTED, expected_version=look.version
-            ),
+            curation_pb2.SetStatusRequest(look_id=look.look_id, status=REJECTED, expected_version=look.version),
         ),
         (
             "UpdateTags",
@@ -380,9 +373,7 @@ def test_update_tags(curation: Curation) -> None:
     assert event.after["tags"] == ["summer", "denim"] and event.reason == "season"
     with pytest.raises(grpc.RpcError) as caught:
         c.stub.UpdateTags(
-            curation_pb2.UpdateTagsRequest(
-                look_id=look.look_id, tags=["<script>"], expected_version=reply.version
-            ),
+            curation_pb2.UpdateTagsRequest(look_id=look.look_id, tags=["<script>"], expected_version=reply.version),
             metadata=c.auth(),
             timeout=30,
         )
@@ -393,9 +384,7 @@ def test_delete_look(curation: Curation) -> None:
     c = curation
     look = c.looks[2]
     reply = c.stub.DeleteLook(
-        curation_pb2.DeleteLookRequest(
-            look_id=look.look_id, expected_version=look.version, reason="duplicate"
-        ),
+        curation_pb2.DeleteLookRequest(look_id=look.look_id, expected_version=look.version, reason="duplicate"),
         metadata=c.auth(),
         timeout=30,
     )
@@ -428,15 +417,11 @@ def test_import_jobs(curation: Curation) -> None:
     c.board.plan(job.job_id, ["a.jpg", "b.jpg", "c.jpg"], skipped=2)
     c.board.mark(job.job_id, "a.jpg", "done")
     c.board.mark(job.job_id, "b.jpg", "quarantined")
-    got = c.stub.GetImportJob(
-        curation_pb2.GetImportJobRequest(job_id=job.job_id), metadata=c.auth(), timeout=30
-    )
+    got = c.stub.GetImportJob(curation_pb2.GetImportJobRequest(job_id=job.job_id), metadata=c.auth(), timeout=30)
     assert got.state == curation_pb2.IMPORT_STATE_RUNNING
     assert (got.total, got.processed, got.imported, got.failed, got.skipped) == (3, 2, 1, 1, 2)
     c.board.mark(job.job_id, "c.jpg", "done")
-    got = c.stub.GetImportJob(
-        curation_pb2.GetImportJobRequest(job_id=job.job_id), metadata=c.auth(), timeout=30
-    )
+    got = c.stub.GetImportJob(curation_pb2.GetImportJobRequest(job_id=job.job_id), metadata=c.auth(), timeout=30)
     assert got.state == curation_pb2.IMPORT_STATE_SUCCEEDED and got.imported == 2
     listed = c.stub.ListImportJobs(curation_pb2.ListImportJobsRequest(), metadata=c.auth(), timeout=30)
     assert [j.job_id for j in listed.jobs] == [job.job_id]
@@ -464,9 +449,7 @@ def test_library_stats(curation: Curation) -> None:
     assert by_status[PENDING] == sum(look.status == "pending" for look in c.looks)
     assert by_status[APPROVED] == sum(look.status == "approved" for look in c.looks)
     assert {s.source: s.count for s in stats.by_source} == {"team-looks": 6, "blog-import": 6}
-    assert len(stats.quality_histogram) == 10 and sum(b.count for b in stats.quality_histogram) == len(
-        c.looks
-    )
+    assert len(stats.quality_histogram) == 10 and sum(b.count for b in stats.quality_histogram) == len(c.looks)
 
 
 def test_every_change_appears_in_the_audit_log(curation: Curation) -> None:
@@ -489,25 +472,17 @@ def test_every_change_appears_in_the_audit_log(curation: Curation) -> None:
         metadata=c.auth(),
         timeout=30,
     )
-    c.stub.StartImport(
-        curation_pb2.StartImportRequest(source=str(c.settings.data_dir)), metadata=c.auth(), timeout=30
-    )
-    events = c.stub.ListAuditEvents(
-        curation_pb2.ListAuditEventsRequest(), metadata=c.auth(), timeout=30
-    ).events
+    c.stub.StartImport(curation_pb2.StartImportRequest(source=str(c.settings.data_dir)), metadata=c.auth(), timeout=30)
+    events = c.stub.ListAuditEvents(curation_pb2.ListAuditEventsRequest(), metadata=c.auth(), timeout=30).events
     assert [(e.action, e.editor, e.look_id) for e in events] == [
         ("start_import", "ada", ""),
         ("delete_look", "ada", d.look_id),
         ("update_tags", "bob", b.look_id),
         ("set_status", "ada", a.look_id),
     ]
-    bob = c.stub.ListAuditEvents(
-        curation_pb2.ListAuditEventsRequest(editor="bob"), metadata=c.auth(), timeout=30
-    )
+    bob = c.stub.ListAuditEvents(curation_pb2.ListAuditEventsRequest(editor="bob"), metadata=c.auth(), timeout=30)
     assert [e.action for e in bob.events] == ["update_tags"]
-    first = c.stub.ListAuditEvents(
-        curation_pb2.ListAuditEventsRequest(page_size=3), metadata=c.auth(), timeout=30
-    )
+    first = c.stub.ListAuditEvents(curation_pb2.ListAuditEventsRequest(page_size=3), metadata=c.auth(), timeout=30)
     assert len(first.events) == 3 and first.next_page_token
     rest = c.stub.ListAuditEvents(
         curation_pb2.ListAuditEventsRequest(page_size=3, page_token=first.next_page_token),

@@ -13,7 +13,13 @@ from PIL import Image
 from services.curation.desk import REJECT_REASONS, CurationInputError, LookQuery, normalize_tags
 from services.curation.imports import BoardImportJobs, ImportsUnavailableError
 from services.curation.labels import export_labels, reasons_in
-from services.curation.ledger import EditorError, Ledger
+from services.curation.ledger import (
+    MAX_SIGN_IN_FAILURES,
+    SIGN_IN_WINDOW_S,
+    EditorError,
+    Ledger,
+    SignInThrottledError,
+)
 from services.workers.jobs import MemoryJobBoard
 
 pytestmark = pytest.mark.unit
@@ -156,3 +162,14 @@ def test_board_import_jobs_record_a_launch_failure_on_the_job() -> None:
         jobs.start("/data/looks", requested_by="ada")
     (job,) = jobs.recent()
     assert job.state == "failed" and "broker down" in job.error and job.requested_by == "ada"
+
+
+def test_repeated_wrong_passwords_lock_the_name_for_a_while(ledger: Ledger) -> None:
+    ledger.add_editor("ada", "long-enough")
+    ledger.add_editor("bob", "long-enough")
+    for _ in range(MAX_SIGN_IN_FAILURES):
+        assert ledger.login("ada", "guess-guess", kind="session", ttl_s=60) is None
+    with pytest.raises(SignInThrottledError, match="wait") as caught:
+        ledger.login("ada", "long-enough", kind="session", ttl_s=60)
+    assert 0 < caught.value.retry_after_s <= SIGN_IN_WINDOW_S
+    assert ledger.login("bob", "long-enough", kind="session", ttl_s=60) is not None  # other names unaffected
