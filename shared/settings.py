@@ -41,9 +41,9 @@ class Settings(BaseSettings):
 
     # --- network
     host: str = Field("127.0.0.1", description="Interface every server binds.")
-    gateway_port: int = Field(50051, ge=0, le=65535)
-    vision_port: int = Field(50052, ge=0, le=65535)
-    curation_port: int = Field(50053, ge=0, le=65535)
+    gateway_port: int = Field(50051, ge=0, le=65535, description="Public OutfitService gRPC port.")
+    vision_port: int = Field(50052, ge=0, le=65535, description="Internal VisionService gRPC port.")
+    curation_port: int = Field(50053, ge=0, le=65535, description="CurationService gRPC port.")
     http_port: int = Field(8080, ge=0, le=65535, description="Look images, crops and the editor console.")
     public_url: str = Field("", description="Base URL the app fetches images from; default http://HOST:HTTP_PORT.")
     vision_addr: str = Field("", description="host:port of a remote vision service; empty runs it in-process.")
@@ -52,7 +52,7 @@ class Settings(BaseSettings):
     shutdown_grace_s: float = Field(10.0, ge=0, le=300, description="SIGTERM drain time for in-flight RPCs.")
     vision_timeout_s: float = Field(10.0, gt=0, le=300, description="Deadline of a gateway->vision call.")
     tls_cert: Path | None = Field(None, description="PEM certificate; with TLS_KEY, gRPC runs over TLS.")
-    tls_key: Path | None = None
+    tls_key: Path | None = Field(None, description="PEM private key of LOOKBOOK_TLS_CERT.")
     api_keys: Annotated[tuple[str, ...], NoDecode] = Field(
         (), description="Comma-separated keys accepted in `x-api-key` metadata; empty disables the check."
     )
@@ -64,8 +64,8 @@ class Settings(BaseSettings):
     min_image_side: int = Field(32, ge=1, description="Smallest accepted width or height in pixels.")
 
     # --- matching
-    default_limit: int = Field(10, ge=1, le=1000)
-    max_limit: int = Field(50, ge=1, le=1000)
+    default_limit: int = Field(10, ge=1, le=1000, description="Matches returned when a request asks for 0.")
+    max_limit: int = Field(50, ge=1, le=1000, description="Most matches one request may ask for.")
     min_quality: float = Field(0.0, ge=0.0, le=1.0, description="Looks below this quality are never matched.")
     candidate_pool: int = Field(100, ge=1, le=10_000, description="Candidates per path before fusion/diversity.")
     featured_boost: float = Field(0.05, ge=0.0, le=1.0, description="Added to the blended score of featured looks.")
@@ -73,15 +73,17 @@ class Settings(BaseSettings):
 
     # --- vector store
     qdrant_url: str = Field("", description="Qdrant server URL; empty uses the embedded Qdrant Edge shard.")
-    qdrant_api_key: str = ""
-    qdrant_timeout_s: float = Field(10.0, gt=0)
+    qdrant_api_key: str = Field("", description="API key of the Qdrant server.")
+    qdrant_timeout_s: float = Field(10.0, gt=0, description="Timeout of one Qdrant server call.")
     collection: str = Field("looks", description="Alias the versioned look collections are reached through.")
-    shard_number: int = Field(1, ge=1, le=1024)
-    replication_factor: int = Field(1, ge=1, le=16)
-    write_consistency_factor: int = Field(1, ge=1, le=16)
+    shard_number: int = Field(1, ge=1, le=1024, description="Shards of a new collection on a Qdrant cluster.")
+    replication_factor: int = Field(1, ge=1, le=16, description="Copies of each shard on a Qdrant cluster.")
+    write_consistency_factor: int = Field(
+        1, ge=1, le=16, description="Replicas that must confirm a write on a Qdrant cluster."
+    )
     read_consistency: str = Field("1", description="Qdrant read consistency: a number, 'majority', 'quorum' or 'all'.")
-    hnsw_m: int = Field(16, ge=4, le=128)
-    hnsw_ef_construct: int = Field(128, ge=8, le=2048)
+    hnsw_m: int = Field(16, ge=4, le=128, description="HNSW graph degree of the look vectors.")
+    hnsw_ef_construct: int = Field(128, ge=8, le=2048, description="HNSW build-time beam width.")
     hnsw_ef: int = Field(128, ge=8, le=4096, description="Search-time HNSW beam width.")
 
     # --- queues
@@ -89,7 +91,9 @@ class Settings(BaseSettings):
     refresh_sources: Annotated[tuple[str, ...], NoDecode] = Field(
         (), description="Comma-separated directories or manifests the beat schedule refreshes."
     )
-    refresh_interval_s: float = Field(3600.0, ge=10)
+    refresh_interval_s: float = Field(
+        3600.0, ge=10, description="Seconds between scheduled refreshes of LOOKBOOK_REFRESH_SOURCES."
+    )
     auto_approve_quality: float = Field(
         0.9, ge=0.0, le=1.0, description="Imports scoring at least this are approved; 1.0 keeps all pending."
     )
@@ -126,7 +130,7 @@ class Settings(BaseSettings):
 
     # --- process
     torch_threads: int = Field(0, ge=0, le=256, description="Threads per model; 0 uses every core.")
-    log_level: str = Field("INFO", pattern="^(DEBUG|INFO|WARNING|ERROR)$")
+    log_level: str = Field("INFO", pattern="^(DEBUG|INFO|WARNING|ERROR)$", description="DEBUG, INFO, WARNING or ERROR.")
     metrics_port: int = Field(0, ge=0, le=65535, description="Prometheus /metrics port of this process; 0 disables.")
     otel_endpoint: str = Field(
         "",
