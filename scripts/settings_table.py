@@ -1,6 +1,7 @@
-"""Prints the README's configuration table from the Settings class, so the two never drift apart.
+"""Renders the README's configuration table from the Settings class, so the two never drift apart.
 
-`python scripts/settings_table.py` prints markdown; tests/unit/test_readme.py checks the README has every row.
+`python scripts/settings_table.py` prints the markdown; `--write README.md` replaces the table between
+the settings-table markers; tests/unit/test_readme.py fails when the README's table is stale.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from shared.settings import PREFIX, REPO_ROOT, Settings  # noqa: E402
+from shared.settings import PREFIX, REPO_ROOT, Settings
 
 
 def rows() -> list[str]:
@@ -28,5 +29,18 @@ def rows() -> list[str]:
     return lines
 
 
+START, END = "<!-- settings-table:start -->", "<!-- settings-table:end -->"
+
+
+def render_into(text: str) -> str:
+    head, rest = text.split(START, 1)
+    _, tail = rest.split(END, 1)
+    return f"{head}{START}\n" + "\n".join(rows()) + f"\n{END}{tail}"
+
+
 if __name__ == "__main__":
-    print("\n".join(rows()))
+    if len(sys.argv) == 3 and sys.argv[1] == "--write":
+        target = Path(sys.argv[2])
+        target.write_text(render_into(target.read_text()))
+    else:
+        print("\n".join(rows()))
