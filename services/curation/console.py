@@ -24,11 +24,13 @@ from urllib.parse import urlencode, urlparse
 from PIL import Image, ImageOps
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from services.curation.desk import REJECT_REASONS, SORTS, CurationDesk, CurationInputError, LookQuery
 from services.curation.imports import (
@@ -605,7 +607,37 @@ def build_console_app(
 ) -> Starlette:
     """The console as a starlette app; mount it with `Mount("/console", app=build_console_app(...))`."""
     desk = CurationDesk(settings, store, ledger or Ledger.in_data_dir(settings.data_dir), jobs)
-    return Starlette(routes=Console(settings, desk).routes())
+    return Starlette(routes=Console(settings, desk).routes(), middleware=[Middleware(SecurityHeaders)])
+
+
+class SecurityHeaders:
+    """Headers on every console response: no framing (keyboard shortcuts invite clickjacking), own scripts only."""
+
+    HEADERS: tuple[tuple[bytes, bytes], ...] = (
+        (
+            b"content-security-policy",
+            b"default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; "
+            b"frame-ancestors 'none'; form-action 'self'; base-uri 'none'",
+        ),
+        (b"x-frame-options", b"DENY"),
+        (b"x-content-type-options", b"nosniff"),
+        (b"referrer-policy", b"same-origin"),
+    )
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", []), *self.HEADERS]
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
 
 
 def build_console_http(

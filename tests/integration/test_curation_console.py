@@ -146,12 +146,11 @@ def test_sign_in_needs_the_form_token_and_the_right_password(console: Console) -
     )
     assert ok.status_code == 303 and ok.headers["location"] == "/console/"  # no open redirect
     cookie = ok.headers["set-cookie"]
-    assert (
-        "HttpOnly" in cookie
-        and "SameSite=strict" in cookie.replace("Strict", "strict")
-        and "Max-Age=" in cookie
-    )
-    assert client.get("/console/").status_code == 200
+    assert "HttpOnly" in cookie and "SameSite=strict" in cookie.replace("Strict", "strict") and "Max-Age=" in cookie
+    page = client.get("/console/")
+    assert page.status_code == 200
+    assert "frame-ancestors 'none'" in page.headers["content-security-policy"]
+    assert page.headers["x-frame-options"] == "DENY"
 
 
 def test_changes_need_the_csrf_token_and_the_same_origin(console: Console) -> None:
@@ -200,13 +199,9 @@ def test_a_stale_edit_gets_409_with_a_clear_message(console: Console) -> None:
     bob, bob_csrf = console.signed_in("bob")
     look = console.pending()
     path = f"/console/api/looks/{look.look_id}/status"
-    first = ada.post(
-        path, json={"status": "approved", "version": look.version}, headers={"x-csrf-token": ada_csrf}
-    )
+    first = ada.post(path, json={"status": "approved", "version": look.version}, headers={"x-csrf-token": ada_csrf})
     assert first.status_code == 200
-    late = bob.post(
-        path, json={"status": "rejected", "version": look.version}, headers={"x-csrf-token": bob_csrf}
-    )
+    late = bob.post(path, json={"status": "rejected", "version": look.version}, headers={"x-csrf-token": bob_csrf})
     assert late.status_code == 409
     body = late.json()
     assert body["conflict"] is True and "reload" in body["error"]
@@ -281,13 +276,8 @@ def test_sessions_expire_and_sign_out_revokes_them(console: Console) -> None:
 
 def test_imports_start_and_show_progress(console: Console, tmp_path: Path) -> None:
     client, csrf = console.signed_in()
-    assert (
-        client.post("/console/api/imports", json={"source": ""}, headers={"x-csrf-token": csrf}).status_code
-        == 400
-    )
-    started = client.post(
-        "/console/api/imports", json={"source": str(tmp_path)}, headers={"x-csrf-token": csrf}
-    )
+    assert client.post("/console/api/imports", json={"source": ""}, headers={"x-csrf-token": csrf}).status_code == 400
+    started = client.post("/console/api/imports", json={"source": str(tmp_path)}, headers={"x-csrf-token": csrf})
     assert started.status_code == 202
     job_id = started.json()["job"]["job_id"]
     console.board.plan(job_id, ["a.jpg", "b.jpg"], skipped=0)
