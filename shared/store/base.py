@@ -223,31 +223,38 @@ class LookStoreBase(ABC):
         A re-import keeps what people decided (status, editor-edited fields, created_at); see
         merge_reimport. Returns the number of looks written.
         """
-        version = self._require_live()
-        written = self._upsert_into(version, points, keep_curation=keep_curation, batch_size=batch_size)
-        return written
+        self._require_live()
+        return self._upsert_into(None, points, keep_curation=keep_curation, batch_size=batch_size)
 
     def _upsert_into(
         self,
-        version: str,
+        target: str | None,
         points: Sequence[LookPoint],
         *,
         keep_curation: bool,
         batch_size: int,
         curation_from: str | None = None,
     ) -> int:
-        dims = self._collection_dims(version)
-        if dims is None:
-            raise StoreError(f"no collection for model version {version}; call ensure() or begin_rebuild() first")
-        by_name = dims.by_name()
+        """Writes batches into `target`, or into the live collection (None) as it is at each batch.
+
+        Each batch is validated whole before it is written, so a bad look fails its batch and
+        changes nothing in it; earlier batches stay written.
+        """
         written = 0
         for batch in _batches(points, max(1, batch_size)):
-            # Validate the whole batch before any write so a bad look changes nothing.
-            records = [point.record.validated() for point in batch]
-            prepared = list(zip(records, _batch_vectors(batch, by_name), strict=True))
-            # The last write of one id in a batch wins, as if written one by one.
-            unique = {record.look_id: (record, vectors) for record, vectors in prepared}
             with self._lock:
+                # Resolved under the lock, so a promote between batches sends the next batch to the
+                # new collection and never into the one just retired.
+                version = target if target is not None else self._require_live()
+                dims = self._collection_dims(version)
+                if dims is None:
+                    raise StoreError(
+                        f"no collection for model version {version}; call ensure() or begin_rebuild() first"
+                    )
+                records = [point.record.validated() for point in batch]
+                prepared = list(zip(records, _batch_vectors(batch, dims.by_name()), strict=True))
+                # The last write of one id in a batch wins, as if written one by one.
+                unique = {record.look_id: (record, vectors) for record, vectors in prepared}
                 source = curation_from or version
                 existing = {
                     look_id: LookRecord.from_payload(look_id, payload)

@@ -201,6 +201,15 @@ class ServerLookStore(LookStoreBase):
                 attempt += 1
 
     def _name(self, version: str) -> str:
+        # The live collection goes through the alias, which the server resolves per request: if
+        # another process has just promoted, writes and reads follow it instead of landing in the
+        # retired collection while this process's alias cache is stale.
+        cached = self._live_cache
+        if cached is not None and cached[1] == version:
+            return self.alias
+        return self._versioned(version)
+
+    def _versioned(self, version: str) -> str:
         return f"{self.alias}__{version_slug(version)}"
 
     # ---------------------------------------------------------------- collections
@@ -208,7 +217,7 @@ class ServerLookStore(LookStoreBase):
     def _collection_info(self, version: str) -> tuple[VectorDims, dict[str, Any]] | None:
         if version in self._dims:
             return self._dims[version], self._meta[version]
-        name = self._name(version)
+        name = self._versioned(version)
         if not self._call(self.client.collection_exists, name):
             return None
         info = self._call(self.client.get_collection, name)
@@ -225,7 +234,7 @@ class ServerLookStore(LookStoreBase):
         return info[0] if info else None
 
     def _create_collection(self, version: str, dims: VectorDims, *, rebuild_started_at: float | None) -> None:
-        name = self._name(version)
+        name = self._versioned(version)
         try:
             self._call(
                 self.client.create_collection,
@@ -254,7 +263,7 @@ class ServerLookStore(LookStoreBase):
         self._dims.pop(version, None)
 
     def _drop_collection(self, version: str) -> None:
-        self._call(self.client.delete_collection, self._name(version))
+        self._call(self.client.delete_collection, self._versioned(version))
         self._dims.pop(version, None)
         self._meta.pop(version, None)
 
@@ -282,7 +291,7 @@ class ServerLookStore(LookStoreBase):
         return str(version) if version else collection_name.removeprefix(f"{self.alias}__")
 
     def _switch_live(self, version: str) -> None:
-        name = self._name(version)
+        name = self._versioned(version)
         aliases = self._call(self.client.get_aliases).aliases
         previous = next((a.collection_name for a in aliases if a.alias_name == self.alias), None)
         operations: list[Any] = []
@@ -461,7 +470,7 @@ class ServerLookStore(LookStoreBase):
         """A server indexes in the background: wait until the collection is green (indexed)."""
         deadline = time.monotonic() + timeout_s
         while True:
-            info = self._call(self.client.get_collection, self._name(version))
+            info = self._call(self.client.get_collection, self._versioned(version))
             if info.status == qm.CollectionStatus.GREEN or time.monotonic() > deadline:
                 return
             time.sleep(0.5)
