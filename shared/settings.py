@@ -69,6 +69,15 @@ class Settings(BaseSettings):
     min_quality: float = Field(0.0, ge=0.0, le=1.0, description="Looks below this quality are never matched.")
     candidate_pool: int = Field(100, ge=1, le=10_000, description="Candidates per path before fusion/diversity.")
     featured_boost: float = Field(0.05, ge=0.0, le=1.0, description="Added to the blended score of featured looks.")
+    fusion: str = Field(
+        "weighted",
+        pattern="^(weighted|rrf)$",
+        description="How BLEND fuses the two paths: weighted (normalised scores) or rrf (Qdrant prefetch + RRF).",
+    )
+    compat_weight: float = Field(0.5, ge=0.0, le=1.0, description="Weight of the compatibility path in BLEND.")
+    diversity: float = Field(
+        0.0, ge=0.0, le=1.0, description="MMR diversity of the returned garments; 0 keeps the plain ranking."
+    )
     detect_min_confidence: float = Field(0.3, ge=0.0, le=1.0, description="Garments below this are not found.")
 
     # --- vector store

@@ -7,27 +7,30 @@ import asyncio
 import logging
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from typing import Protocol
 
 import grpc
-import numpy as np
 from lookbook.common.v1 import garment_pb2
 from lookbook.outfit.v1 import outfit_pb2, outfit_pb2_grpc
 
 from services.gateway.access import ApiKeyInterceptor
+from services.gateway.ranking import PAIR, PUBLIC_STATUSES, Matcher, Path
 from services.vision.client import VisionUnavailableError
 from services.vision.contract import KIND_TO_PROTO, box_to_proto
+from services.vision.server import MissingModelError, NoGarmentError
 from shared.grpc_runtime import add_health_and_reflection, bind, new_server
 from shared.images import ImageRejected
 from shared.models.pipeline import Analysis, Kind, KnownGarment
 from shared.settings import Settings
-from shared.store import InvalidLookError, LookRecord, LookStore, ScoredLook, StoreError
+from shared.store import InvalidLookError, LookRecord, LookStore, StoreError
 
 log = logging.getLogger(__name__)
 SERVICE_NAME = outfit_pb2.DESCRIPTOR.services_by_name["OutfitService"].full_name
-PAIR: dict[str, Kind] = {"top": "bottom", "bottom": "top"}
-PUBLIC_STATUSES = ("approved", "featured")
+PATHS: dict[int, Path] = {
+    outfit_pb2.RANKING_PATH_BLEND: "blend",
+    outfit_pb2.RANKING_PATH_LOOK_ALIKE: "look_alike",
+    outfit_pb2.RANKING_PATH_COMPATIBILITY: "compatibility",
+}
 MAX_TAGS = 20
 
 
@@ -46,13 +49,9 @@ class Vision(Protocol):
         timeout: float | None = None,
     ) -> Analysis: ...
 
-
-@dataclass
-class Candidate:
-    look: LookRecord
-    look_alike: float = 0.0
-    compatibility: float = 0.0
-    score: float = 0.0
+    async def score_pair(
+        self, top_image: bytes, bottom_image: bytes, *, timeout: float | None = None
+    ) -> tuple[float, str]: ...
 
 
 class BadRequest(ValueError):
@@ -99,64 +98,6 @@ def look_to_proto(settings: Settings, look: LookRecord) -> garment_pb2.Look:
     message.created_at.FromNanoseconds(int(look.created_at * 1e9))
     message.updated_at.FromNanoseconds(int(look.updated_at * 1e9))
     return message
-
-
-class Matcher:
-    """Both ranking paths and their blend, over the look store. Pure of gRPC, so tools and evals reuse it."""
-
-    def __init__(self, settings: Settings, store: LookStore) -> None:
-        self.settings = settings
-        self.store = store
-
-    def candidates(
-        self,
-        kind: Kind,
-        embedding: Sequence[float] | np.ndarray,
-        compat: Sequence[float] | np.ndarray | None,
-        *,
-        path: int,
-        tags: Sequence[str],
-        limit: int,
-    ) -> list[Candidate]:
-        pair = PAIR[kind]
-        pool = max(self.settings.candidate_pool, limit * 3)
-        found: dict[str, Candidate] = {}
-        if path in (outfit_pb2.RANKING_PATH_BLEND, outfit_pb2.RANKING_PATH_LOOK_ALIKE):
-            for hit in self._search(kind, embedding, pool, tags):
-                found.setdefault(hit.look.look_id, Candidate(hit.look)).look_alike = hit.score
-        if compat is not None and path in (
-            outfit_pb2.RANKING_PATH_BLEND,
-            outfit_pb2.RANKING_PATH_COMPATIBILITY,
-        ):
-            for hit in self._search(f"{pair}_compat", compat, pool, tags):
-                found.setdefault(hit.look.look_id, Candidate(hit.look)).compatibility = hit.score
-        # A look can only answer the query if it shows the garment we return.
-        usable = [c for c in found.values() if getattr(c.look, f"{pair}_box") is not None]
-        for c in usable:
-            c.score = self.blend(c, path, has_compat=compat is not None)
-            if c.look.status == "featured":
-                c.score += self.settings.featured_boost
-        usable.sort(key=lambda c: c.score, reverse=True)
-        return usable[:limit]
-
-    def blend(self, c: Candidate, path: int, *, has_compat: bool) -> float:
-        if path == outfit_pb2.RANKING_PATH_LOOK_ALIKE or not has_compat:
-            return c.look_alike
-        if path == outfit_pb2.RANKING_PATH_COMPATIBILITY:
-            return c.compatibility
-        return 0.5 * c.look_alike + 0.5 * c.compatibility
-
-    def _search(
-        self, vector: str, query: Sequence[float] | np.ndarray, pool: int, tags: Sequence[str]
-    ) -> list[ScoredLook]:
-        return self.store.search(
-            vector,
-            query,
-            limit=pool,
-            statuses=PUBLIC_STATUSES,
-            tags=tags,
-            min_quality=self.settings.min_quality,
-        )
 
 
 class OutfitServicer(outfit_pb2_grpc.OutfitServiceServicer):
@@ -213,7 +154,7 @@ class OutfitServicer(outfit_pb2_grpc.OutfitServiceServicer):
         matches = await loop.run_in_executor(
             self.executor,
             lambda: self.matcher.candidates(
-                garment.kind, garment.embedding, compat, path=request.path, tags=tags, limit=limit
+                garment.kind, garment.embedding, compat, path=PATHS[request.path], tags=tags, limit=limit
             ),
         )
         pair = PAIR[garment.kind]
@@ -248,7 +189,7 @@ class OutfitServicer(outfit_pb2_grpc.OutfitServiceServicer):
             return await self._match(request, context)
         except (BadRequest, ImageRejected) as exc:
             code, message = grpc.StatusCode.INVALID_ARGUMENT, str(exc)
-        except MissingModel as exc:
+        except (MissingModel, MissingModelError) as exc:
             code, message = grpc.StatusCode.FAILED_PRECONDITION, str(exc)
         except TimeoutError:
             code = grpc.StatusCode.DEADLINE_EXCEEDED
@@ -258,6 +199,25 @@ class OutfitServicer(outfit_pb2_grpc.OutfitServiceServicer):
         except StoreError as exc:
             log.exception("look store failed")
             code, message = grpc.StatusCode.UNAVAILABLE, f"the look library is unavailable ({exc}): retry shortly"
+        await context.abort(code, message)
+        raise AssertionError("unreachable: abort raises")
+
+    async def ScorePair(
+        self, request: outfit_pb2.ScorePairRequest, context: grpc.aio.ServicerContext
+    ) -> outfit_pb2.ScorePairResponse:
+        remaining = context.time_remaining()
+        budget = self.settings.vision_timeout_s if remaining is None else min(remaining, self.settings.vision_timeout_s)
+        try:
+            score, version = await self.vision.score_pair(request.top_image, request.bottom_image, timeout=budget)
+            return outfit_pb2.ScorePairResponse(score=score, model_version=version)
+        except (ImageRejected, NoGarmentError) as exc:
+            code, message = grpc.StatusCode.INVALID_ARGUMENT, str(exc)
+        except MissingModelError as exc:
+            code, message = grpc.StatusCode.FAILED_PRECONDITION, str(exc)
+        except TimeoutError:
+            code, message = grpc.StatusCode.DEADLINE_EXCEEDED, "the pair was not scored before the deadline: retry"
+        except VisionUnavailableError as exc:
+            code, message = grpc.StatusCode.UNAVAILABLE, str(exc)
         await context.abort(code, message)
         raise AssertionError("unreachable: abort raises")
 

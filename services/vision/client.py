@@ -114,6 +114,23 @@ class RemoteVision:
             raise self._translate(exc) from None
         return self._result(response)
 
+    async def score_pair(
+        self, top_image: bytes, bottom_image: bytes, *, timeout: float | None = None
+    ) -> tuple[float, str]:
+        try:
+            response = await self._aio_stub.ScorePair(
+                vision_pb2.ScorePairRequest(top_image=top_image, bottom_image=bottom_image),
+                timeout=min(timeout or self.timeout, self.timeout),
+                metadata=self._metadata(),
+            )
+        except grpc.RpcError as exc:
+            if exc.code() == grpc.StatusCode.FAILED_PRECONDITION:  # type: ignore[attr-defined]
+                from services.vision.server import MissingModelError
+
+                raise MissingModelError(exc.details()) from None  # type: ignore[attr-defined]
+            raise self._translate(exc) from None
+        return response.score, response.model_version
+
     async def close(self) -> None:
         await self._aio.close()
         self._sync.close()

@@ -83,7 +83,4 @@ def known_from_proto(garments: list[garment_pb2.Garment]) -> list[KnownGarment]:
 
 
 def known_to_proto(known: list[KnownGarment]) -> list[garment_pb2.Garment]:
-    return [
-        garment_pb2.Garment(kind=KIND_TO_PROTO[k.kind], box=box_to_proto(k.box), confidence=1.0)
-        for k in known
-    ]
+    return [garment_pb2.Garment(kind=KIND_TO_PROTO[k.kind], box=box_to_proto(k.box), confidence=1.0) for k in known]

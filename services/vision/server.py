@@ -9,6 +9,7 @@ import asyncio
 import logging
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import grpc
 from lookbook.vision.v1 import vision_pb2, vision_pb2_grpc
@@ -29,6 +30,27 @@ def limits_from(settings: Settings) -> ImageLimits:
         max_pixels=settings.max_image_pixels,
         min_side=settings.min_image_side,
     )
+
+
+class MissingModelError(RuntimeError):
+    """The call needs a model this server does not ship; the message says which."""
+
+
+class NoGarmentError(ValueError):
+    """No garment of the wanted kind was found in a photo."""
+
+
+def pair_vectors(top: Analysis, bottom: Analysis) -> tuple[Any, Any]:
+    """The compatibility vectors of the top photo's top and the bottom photo's bottom."""
+    found = []
+    for analysis, kind in ((top, "top"), (bottom, "bottom")):
+        garment = analysis.garment(kind)  # type: ignore[arg-type]
+        if garment is None:
+            raise NoGarmentError(
+                f"no {kind} found in the {kind} photo: send a photo of one {kind} that fills the frame"
+            )
+        found.append(garment.compat)
+    return found[0], found[1]
 
 
 class LocalVision:
@@ -56,6 +78,26 @@ class LocalVision:
         return self.pipeline.analyze(
             image, known=known, single_garment=single_garment, kind_hint=kind_hint, want_quality=want_quality
         )
+
+    def score_pair_sync(self, top_image: bytes, bottom_image: bytes) -> tuple[float, str]:
+        """Compatibility in [0, 1] of the top in one photo and the bottom in another, with the model version."""
+        compat = self.pipeline.compat
+        if compat is None:
+            raise MissingModelError(
+                "the compatibility model is not installed on this server: ship shared/models/artifacts/compat "
+                "(lookbook train compat --data ../shared/data)"
+            )
+        top = self.analyze_sync(top_image, single_garment=True, kind_hint="top")
+        bottom = self.analyze_sync(bottom_image, single_garment=True, kind_hint="bottom")
+        top_vec, bottom_vec = pair_vectors(top, bottom)
+        return float(compat.score(top_vec, bottom_vec)), self.pipeline.model_version
+
+    async def score_pair(
+        self, top_image: bytes, bottom_image: bytes, *, timeout: float | None = None
+    ) -> tuple[float, str]:
+        loop = asyncio.get_running_loop()
+        work = loop.run_in_executor(self.executor, lambda: self.score_pair_sync(top_image, bottom_image))
+        return await asyncio.wait_for(work, timeout)
 
     async def analyze(
         self,
@@ -108,6 +150,23 @@ class VisionServicer(vision_pb2_grpc.VisionServiceServicer):
                 "analysis did not finish before the deadline: retry with a longer deadline or a smaller photo",
             )
         return analysis_to_proto(analysis)
+
+    async def ScorePair(
+        self, request: vision_pb2.ScorePairRequest, context: grpc.aio.ServicerContext
+    ) -> vision_pb2.ScorePairResponse:
+        try:
+            score, version = await self.vision.score_pair(
+                request.top_image, request.bottom_image, timeout=context.time_remaining()
+            )
+            return vision_pb2.ScorePairResponse(score=score, model_version=version)
+        except (ImageRejected, NoGarmentError) as exc:
+            code, message = grpc.StatusCode.INVALID_ARGUMENT, str(exc)
+        except MissingModelError as exc:
+            code, message = grpc.StatusCode.FAILED_PRECONDITION, str(exc)
+        except TimeoutError:
+            code, message = grpc.StatusCode.DEADLINE_EXCEEDED, "scoring did not finish before the deadline: retry"
+        await context.abort(code, message)
+        raise AssertionError("unreachable: abort raises")
 
     async def AnalyzeBatch(
         self, request: vision_pb2.AnalyzeBatchRequest, context: grpc.aio.ServicerContext

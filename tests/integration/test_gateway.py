@@ -242,3 +242,34 @@ def test_reimport_adds_nothing(service: ServiceThread) -> None:
     )
     assert report.added == 0 and report.skipped == N_LOOKS
     assert {look.look_id for look in store.scroll(None, limit=1000).looks} == ids_before
+
+
+def test_score_pair_scores_a_top_and_a_bottom(outfit: outfit_pb2_grpc.OutfitServiceStub) -> None:
+    item = demo_items()[4]
+    reply = outfit.ScorePair(
+        outfit_pb2.ScorePairRequest(top_image=crop_bytes(item, "top"), bottom_image=crop_bytes(item, "bottom")),
+        timeout=60,
+    )
+    assert 0.0 <= reply.score <= 1.0
+    assert "compat" in reply.model_version
+
+
+@pytest.mark.parametrize("name", ["empty", "corrupt", "text file", "20 MB message"])
+def test_score_pair_bad_input_is_invalid_argument(name: str, outfit: outfit_pb2_grpc.OutfitServiceStub) -> None:
+    good = crop_bytes(demo_items()[4], "bottom")
+    with pytest.raises(grpc.RpcError) as err:
+        outfit.ScorePair(outfit_pb2.ScorePairRequest(top_image=bad_inputs()[name], bottom_image=good), timeout=60)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT, err.value.details()
+    assert outfit.ScorePair(
+        outfit_pb2.ScorePairRequest(top_image=crop_bytes(demo_items()[4], "top"), bottom_image=good), timeout=60
+    ).model_version
+
+
+def test_each_ranking_path_reports_its_scores(outfit: outfit_pb2_grpc.OutfitServiceStub) -> None:
+    query = crop_bytes(demo_items()[6], "top")
+    compat = match(outfit, query, kind=outfit_pb2.QUERY_KIND_TOP, path=outfit_pb2.RANKING_PATH_COMPATIBILITY)
+    assert compat.matches and all(m.path_scores.compatibility != 0 for m in compat.matches)
+    alike = match(outfit, query, kind=outfit_pb2.QUERY_KIND_TOP, path=outfit_pb2.RANKING_PATH_LOOK_ALIKE)
+    assert all(m.path_scores.compatibility == 0 for m in alike.matches)
+    blend = match(outfit, query, kind=outfit_pb2.QUERY_KIND_TOP, limit=N_LOOKS)
+    assert any(m.path_scores.look_alike and m.path_scores.compatibility for m in blend.matches)

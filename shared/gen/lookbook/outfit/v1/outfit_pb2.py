@@ -25,17 +25,17 @@ _sym_db = _symbol_database.Default()
 from lookbook.common.v1 import garment_pb2 as lookbook_dot_common_dot_v1_dot_garment__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1flookbook/outfit/v1/outfit.proto\x12\x12lookbook.outfit.v1\x1a lookbook/common/v1/garment.proto\"\x9c\x01\n\x12MatchOutfitRequest\x12\r\n\x05image\x18\x01 \x01(\x0c\x12+\n\x04kind\x18\x02 \x01(\x0e\x32\x1d.lookbook.outfit.v1.QueryKind\x12\r\n\x05limit\x18\x03 \x01(\x05\x12\x0c\n\x04tags\x18\x04 \x03(\t\x12-\n\x04path\x18\x05 \x01(\x0e\x32\x1f.lookbook.outfit.v1.RankingPath\"w\n\x0cQueryGarment\x12-\n\x04kind\x18\x01 \x01(\x0e\x32\x1f.lookbook.common.v1.GarmentKind\x12$\n\x03\x62ox\x18\x02 \x01(\x0b\x32\x17.lookbook.common.v1.Box\x12\x12\n\nconfidence\x18\x03 \x01(\x02\"7\n\nPathScores\x12\x12\n\nlook_alike\x18\x01 \x01(\x02\x12\x15\n\rcompatibility\x18\x02 \x01(\x02\"\x86\x02\n\x05Match\x12\x0f\n\x07look_id\x18\x01 \x01(\t\x12\x11\n\timage_uri\x18\x02 \x01(\t\x12\x35\n\x0cgarment_kind\x18\x03 \x01(\x0e\x32\x1f.lookbook.common.v1.GarmentKind\x12,\n\x0bgarment_box\x18\x04 \x01(\x0b\x32\x17.lookbook.common.v1.Box\x12\r\n\x05score\x18\x05 \x01(\x02\x12\x33\n\x0bpath_scores\x18\x06 \x01(\x0b\x32\x1e.lookbook.outfit.v1.PathScores\x12\x0c\n\x04tags\x18\x07 \x03(\t\x12\x10\n\x08\x63rop_uri\x18\x08 \x01(\t\x12\x10\n\x08\x66\x65\x61tured\x18\t \x01(\x08\"\x89\x01\n\x13MatchOutfitResponse\x12/\n\x05query\x18\x01 \x01(\x0b\x32 .lookbook.outfit.v1.QueryGarment\x12*\n\x07matches\x18\x02 \x03(\x0b\x32\x19.lookbook.outfit.v1.Match\x12\x15\n\rmodel_version\x18\x03 \x01(\t\"!\n\x0eGetLookRequest\x12\x0f\n\x07look_id\x18\x01 \x01(\t*K\n\tQueryKind\x12\x13\n\x0fQUERY_KIND_AUTO\x10\x00\x12\x12\n\x0eQUERY_KIND_TOP\x10\x01\x12\x15\n\x11QUERY_KIND_BOTTOM\x10\x02*b\n\x0bRankingPath\x12\x16\n\x12RANKING_PATH_BLEND\x10\x00\x12\x1b\n\x17RANKING_PATH_LOOK_ALIKE\x10\x01\x12\x1e\n\x1aRANKING_PATH_COMPATIBILITY\x10\x02\x32\xb8\x01\n\rOutfitService\x12^\n\x0bMatchOutfit\x12&.lookbook.outfit.v1.MatchOutfitRequest\x1a\'.lookbook.outfit.v1.MatchOutfitResponse\x12G\n\x07GetLook\x12\".lookbook.outfit.v1.GetLookRequest\x1a\x18.lookbook.common.v1.Lookb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1flookbook/outfit/v1/outfit.proto\x12\x12lookbook.outfit.v1\x1a lookbook/common/v1/garment.proto\"\x9c\x01\n\x12MatchOutfitRequest\x12\r\n\x05image\x18\x01 \x01(\x0c\x12+\n\x04kind\x18\x02 \x01(\x0e\x32\x1d.lookbook.outfit.v1.QueryKind\x12\r\n\x05limit\x18\x03 \x01(\x05\x12\x0c\n\x04tags\x18\x04 \x03(\t\x12-\n\x04path\x18\x05 \x01(\x0e\x32\x1f.lookbook.outfit.v1.RankingPath\"w\n\x0cQueryGarment\x12-\n\x04kind\x18\x01 \x01(\x0e\x32\x1f.lookbook.common.v1.GarmentKind\x12$\n\x03\x62ox\x18\x02 \x01(\x0b\x32\x17.lookbook.common.v1.Box\x12\x12\n\nconfidence\x18\x03 \x01(\x02\"7\n\nPathScores\x12\x12\n\nlook_alike\x18\x01 \x01(\x02\x12\x15\n\rcompatibility\x18\x02 \x01(\x02\"\x86\x02\n\x05Match\x12\x0f\n\x07look_id\x18\x01 \x01(\t\x12\x11\n\timage_uri\x18\x02 \x01(\t\x12\x35\n\x0cgarment_kind\x18\x03 \x01(\x0e\x32\x1f.lookbook.common.v1.GarmentKind\x12,\n\x0bgarment_box\x18\x04 \x01(\x0b\x32\x17.lookbook.common.v1.Box\x12\r\n\x05score\x18\x05 \x01(\x02\x12\x33\n\x0bpath_scores\x18\x06 \x01(\x0b\x32\x1e.lookbook.outfit.v1.PathScores\x12\x0c\n\x04tags\x18\x07 \x03(\t\x12\x10\n\x08\x63rop_uri\x18\x08 \x01(\t\x12\x10\n\x08\x66\x65\x61tured\x18\t \x01(\x08\"\x89\x01\n\x13MatchOutfitResponse\x12/\n\x05query\x18\x01 \x01(\x0b\x32 .lookbook.outfit.v1.QueryGarment\x12*\n\x07matches\x18\x02 \x03(\x0b\x32\x19.lookbook.outfit.v1.Match\x12\x15\n\rmodel_version\x18\x03 \x01(\t\"!\n\x0eGetLookRequest\x12\x0f\n\x07look_id\x18\x01 \x01(\t\";\n\x10ScorePairRequest\x12\x11\n\ttop_image\x18\x01 \x01(\x0c\x12\x14\n\x0c\x62ottom_image\x18\x02 \x01(\x0c\"9\n\x11ScorePairResponse\x12\r\n\x05score\x18\x01 \x01(\x02\x12\x15\n\rmodel_version\x18\x02 \x01(\t*K\n\tQueryKind\x12\x13\n\x0fQUERY_KIND_AUTO\x10\x00\x12\x12\n\x0eQUERY_KIND_TOP\x10\x01\x12\x15\n\x11QUERY_KIND_BOTTOM\x10\x02*b\n\x0bRankingPath\x12\x16\n\x12RANKING_PATH_BLEND\x10\x00\x12\x1b\n\x17RANKING_PATH_LOOK_ALIKE\x10\x01\x12\x1e\n\x1aRANKING_PATH_COMPATIBILITY\x10\x02\x32\x92\x02\n\rOutfitService\x12^\n\x0bMatchOutfit\x12&.lookbook.outfit.v1.MatchOutfitRequest\x1a\'.lookbook.outfit.v1.MatchOutfitResponse\x12G\n\x07GetLook\x12\".lookbook.outfit.v1.GetLookRequest\x1a\x18.lookbook.common.v1.Look\x12X\n\tScorePair\x12$.lookbook.outfit.v1.ScorePairRequest\x1a%.lookbook.outfit.v1.ScorePairResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'lookbook.outfit.v1.outfit_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_QUERYKIND']._serialized_start=866
-  _globals['_QUERYKIND']._serialized_end=941
-  _globals['_RANKINGPATH']._serialized_start=943
-  _globals['_RANKINGPATH']._serialized_end=1041
+  _globals['_QUERYKIND']._serialized_start=986
+  _globals['_QUERYKIND']._serialized_end=1061
+  _globals['_RANKINGPATH']._serialized_start=1063
+  _globals['_RANKINGPATH']._serialized_end=1161
   _globals['_MATCHOUTFITREQUEST']._serialized_start=90
   _globals['_MATCHOUTFITREQUEST']._serialized_end=246
   _globals['_QUERYGARMENT']._serialized_start=248
@@ -48,6 +48,10 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_MATCHOUTFITRESPONSE']._serialized_end=829
   _globals['_GETLOOKREQUEST']._serialized_start=831
   _globals['_GETLOOKREQUEST']._serialized_end=864
-  _globals['_OUTFITSERVICE']._serialized_start=1044
-  _globals['_OUTFITSERVICE']._serialized_end=1228
+  _globals['_SCOREPAIRREQUEST']._serialized_start=866
+  _globals['_SCOREPAIRREQUEST']._serialized_end=925
+  _globals['_SCOREPAIRRESPONSE']._serialized_start=927
+  _globals['_SCOREPAIRRESPONSE']._serialized_end=984
+  _globals['_OUTFITSERVICE']._serialized_start=1164
+  _globals['_OUTFITSERVICE']._serialized_end=1438
 # @@protoc_insertion_point(module_scope)

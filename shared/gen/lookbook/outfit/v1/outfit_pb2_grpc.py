@@ -45,6 +45,11 @@ class OutfitServiceStub:
                 request_serializer=lookbook_dot_outfit_dot_v1_dot_outfit__pb2.GetLookRequest.SerializeToString,
                 response_deserializer=lookbook_dot_common_dot_v1_dot_garment__pb2.Look.FromString,
                 _registered_method=True)
+        self.ScorePair = channel.unary_unary(
+                '/lookbook.outfit.v1.OutfitService/ScorePair',
+                request_serializer=lookbook_dot_outfit_dot_v1_dot_outfit__pb2.ScorePairRequest.SerializeToString,
+                response_deserializer=lookbook_dot_outfit_dot_v1_dot_outfit__pb2.ScorePairResponse.FromString,
+                _registered_method=True)
 
 
 class OutfitServiceServicer:
@@ -64,6 +69,13 @@ class OutfitServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ScorePair(self, request, context):
+        """How well a top and a bottom go together, by the learned compatibility metric.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_OutfitServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -76,6 +88,11 @@ def add_OutfitServiceServicer_to_server(servicer, server):
                     servicer.GetLook,
                     request_deserializer=lookbook_dot_outfit_dot_v1_dot_outfit__pb2.GetLookRequest.FromString,
                     response_serializer=lookbook_dot_common_dot_v1_dot_garment__pb2.Look.SerializeToString,
+            ),
+            'ScorePair': grpc.unary_unary_rpc_method_handler(
+                    servicer.ScorePair,
+                    request_deserializer=lookbook_dot_outfit_dot_v1_dot_outfit__pb2.ScorePairRequest.FromString,
+                    response_serializer=lookbook_dot_outfit_dot_v1_dot_outfit__pb2.ScorePairResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -132,6 +149,33 @@ class OutfitService:
             '/lookbook.outfit.v1.OutfitService/GetLook',
             lookbook_dot_outfit_dot_v1_dot_outfit__pb2.GetLookRequest.SerializeToString,
             lookbook_dot_common_dot_v1_dot_garment__pb2.Look.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ScorePair(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/lookbook.outfit.v1.OutfitService/ScorePair',
+            lookbook_dot_outfit_dot_v1_dot_outfit__pb2.ScorePairRequest.SerializeToString,
+            lookbook_dot_outfit_dot_v1_dot_outfit__pb2.ScorePairResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -36,6 +36,8 @@ class OutfitServiceStub:
     """Finds looks whose top (bottom) resembles the photo and returns the bottoms (tops) they pair it with."""
     GetLook: _grpc.UnaryUnaryMultiCallable[_outfit_pb2.GetLookRequest, _garment_pb2.Look]
     """One look of the library, by id."""
+    ScorePair: _grpc.UnaryUnaryMultiCallable[_outfit_pb2.ScorePairRequest, _outfit_pb2.ScorePairResponse]
+    """How well a top and a bottom go together, by the learned compatibility metric."""
 
 @_typing.type_check_only
 class OutfitServiceAsyncStub(OutfitServiceStub):
@@ -44,6 +46,8 @@ class OutfitServiceAsyncStub(OutfitServiceStub):
     """Finds looks whose top (bottom) resembles the photo and returns the bottoms (tops) they pair it with."""
     GetLook: _aio.UnaryUnaryMultiCallable[_outfit_pb2.GetLookRequest, _garment_pb2.Look]  # type: ignore[assignment]
     """One look of the library, by id."""
+    ScorePair: _aio.UnaryUnaryMultiCallable[_outfit_pb2.ScorePairRequest, _outfit_pb2.ScorePairResponse]  # type: ignore[assignment]
+    """How well a top and a bottom go together, by the learned compatibility metric."""
 
 class OutfitServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -61,5 +65,13 @@ class OutfitServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_garment_pb2.Look, _abc.Awaitable[_garment_pb2.Look]]:
         """One look of the library, by id."""
+
+    @_abc_1.abstractmethod
+    def ScorePair(
+        self,
+        request: _outfit_pb2.ScorePairRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_outfit_pb2.ScorePairResponse, _abc.Awaitable[_outfit_pb2.ScorePairResponse]]:
+        """How well a top and a bottom go together, by the learned compatibility metric."""
 
 def add_OutfitServiceServicer_to_server(servicer: OutfitServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

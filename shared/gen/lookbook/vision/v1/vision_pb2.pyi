@@ -206,3 +206,49 @@ class AnalyzeBatchResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___AnalyzeBatchResponse: _TypeAlias = AnalyzeBatchResponse  # noqa: Y015
+
+@_typing.final
+class ScorePairRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TOP_IMAGE_FIELD_NUMBER: _builtins.int
+    BOTTOM_IMAGE_FIELD_NUMBER: _builtins.int
+    top_image: _builtins.bytes
+    """A photo of the top, and one of the bottom: JPEG, PNG or WebP."""
+    bottom_image: _builtins.bytes
+    def __init__(
+        self,
+        *,
+        top_image: _builtins.bytes = ...,
+        bottom_image: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bottom_image", b"bottom_image", "top_image", b"top_image"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ScorePairRequest: _TypeAlias = ScorePairRequest  # noqa: Y015
+
+@_typing.final
+class ScorePairResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SCORE_FIELD_NUMBER: _builtins.int
+    MODEL_VERSION_FIELD_NUMBER: _builtins.int
+    score: _builtins.float
+    """Compatibility in [0, 1]; higher goes better together."""
+    model_version: _builtins.str
+    def __init__(
+        self,
+        *,
+        score: _builtins.float = ...,
+        model_version: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["model_version", b"model_version", "score", b"score"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ScorePairResponse: _TypeAlias = ScorePairResponse  # noqa: Y015

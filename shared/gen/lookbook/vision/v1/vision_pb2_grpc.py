@@ -44,6 +44,11 @@ class VisionServiceStub:
                 request_serializer=lookbook_dot_vision_dot_v1_dot_vision__pb2.AnalyzeBatchRequest.SerializeToString,
                 response_deserializer=lookbook_dot_vision_dot_v1_dot_vision__pb2.AnalyzeBatchResponse.FromString,
                 _registered_method=True)
+        self.ScorePair = channel.unary_unary(
+                '/lookbook.vision.v1.VisionService/ScorePair',
+                request_serializer=lookbook_dot_vision_dot_v1_dot_vision__pb2.ScorePairRequest.SerializeToString,
+                response_deserializer=lookbook_dot_vision_dot_v1_dot_vision__pb2.ScorePairResponse.FromString,
+                _registered_method=True)
 
 
 class VisionServiceServicer:
@@ -63,6 +68,13 @@ class VisionServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ScorePair(self, request, context):
+        """How well a top and a bottom go together, by the learned compatibility metric.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_VisionServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -75,6 +87,11 @@ def add_VisionServiceServicer_to_server(servicer, server):
                     servicer.AnalyzeBatch,
                     request_deserializer=lookbook_dot_vision_dot_v1_dot_vision__pb2.AnalyzeBatchRequest.FromString,
                     response_serializer=lookbook_dot_vision_dot_v1_dot_vision__pb2.AnalyzeBatchResponse.SerializeToString,
+            ),
+            'ScorePair': grpc.unary_unary_rpc_method_handler(
+                    servicer.ScorePair,
+                    request_deserializer=lookbook_dot_vision_dot_v1_dot_vision__pb2.ScorePairRequest.FromString,
+                    response_serializer=lookbook_dot_vision_dot_v1_dot_vision__pb2.ScorePairResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -131,6 +148,33 @@ class VisionService:
             '/lookbook.vision.v1.VisionService/AnalyzeBatch',
             lookbook_dot_vision_dot_v1_dot_vision__pb2.AnalyzeBatchRequest.SerializeToString,
             lookbook_dot_vision_dot_v1_dot_vision__pb2.AnalyzeBatchResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ScorePair(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/lookbook.vision.v1.VisionService/ScorePair',
+            lookbook_dot_vision_dot_v1_dot_vision__pb2.ScorePairRequest.SerializeToString,
+            lookbook_dot_vision_dot_v1_dot_vision__pb2.ScorePairResponse.FromString,
             options,
             channel_credentials,
             insecure,

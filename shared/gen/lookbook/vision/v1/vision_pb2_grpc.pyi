@@ -35,6 +35,8 @@ class VisionServiceStub:
     """Finds the garments in one photo and embeds each of them."""
     AnalyzeBatch: _grpc.UnaryUnaryMultiCallable[_vision_pb2.AnalyzeBatchRequest, _vision_pb2.AnalyzeBatchResponse]
     """The same for many photos in one call; a bad photo fails alone, not the batch."""
+    ScorePair: _grpc.UnaryUnaryMultiCallable[_vision_pb2.ScorePairRequest, _vision_pb2.ScorePairResponse]
+    """How well a top and a bottom go together, by the learned compatibility metric."""
 
 @_typing.type_check_only
 class VisionServiceAsyncStub(VisionServiceStub):
@@ -43,6 +45,8 @@ class VisionServiceAsyncStub(VisionServiceStub):
     """Finds the garments in one photo and embeds each of them."""
     AnalyzeBatch: _aio.UnaryUnaryMultiCallable[_vision_pb2.AnalyzeBatchRequest, _vision_pb2.AnalyzeBatchResponse]  # type: ignore[assignment]
     """The same for many photos in one call; a bad photo fails alone, not the batch."""
+    ScorePair: _aio.UnaryUnaryMultiCallable[_vision_pb2.ScorePairRequest, _vision_pb2.ScorePairResponse]  # type: ignore[assignment]
+    """How well a top and a bottom go together, by the learned compatibility metric."""
 
 class VisionServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -60,5 +64,13 @@ class VisionServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_vision_pb2.AnalyzeBatchResponse, _abc.Awaitable[_vision_pb2.AnalyzeBatchResponse]]:
         """The same for many photos in one call; a bad photo fails alone, not the batch."""
+
+    @_abc_1.abstractmethod
+    def ScorePair(
+        self,
+        request: _vision_pb2.ScorePairRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_vision_pb2.ScorePairResponse, _abc.Awaitable[_vision_pb2.ScorePairResponse]]:
+        """How well a top and a bottom go together, by the learned compatibility metric."""
 
 def add_VisionServiceServicer_to_server(servicer: VisionServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
