@@ -17,6 +17,7 @@ COMMAND_MODULES: list[str] = [
     "services.commands.library",
     "services.commands.match",
     "services.commands.match_eval",
+    "services.commands.blend_eval",
     "services.commands.bench",
     "services.commands.compat",
     "services.commands.curation",
