@@ -1,4 +1,5 @@
-"""Matching follows curation: statuses set through CurationService show in MatchOutfit at once.
+"""Curation in the all-in-one process: statuses set through CurationService show in MatchOutfit at once,
+and StartImport runs a real import on the refresh workers' runner.
 
 Runs the all-in-one process (gateway, vision, store, curation) on the first demo looks. A rejected
 or pending look never matches on any path or kind; approving brings it back; featuring it flags
@@ -11,6 +12,7 @@ import io
 import json
 import os
 import socket
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -83,9 +85,13 @@ def library(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Library]:
         if "curation" in running.ports:
             curation_address = service.address("curation")
         else:  # a process that does not compose curation yet: serve it on the same store
+            from services.curation.imports import BoardImportJobs
             from services.curation.server import build_server
+            from services.workers.embedded import library_runner
 
-            server, _, port, _ = build_server(running.settings, running.store, port=0)
+            runner = library_runner(running.settings, store=running.store)
+            jobs = BoardImportJobs(runner.jobs, runner.launch, check_source=runner.check_source)
+            server, _, port, _ = build_server(running.settings, running.store, jobs=jobs, port=0)
             service.call(server.start())
             servers.append(server)
             curation_address = f"127.0.0.1:{port}"
@@ -178,3 +184,36 @@ def test_featuring_flags_the_look_and_boosts_its_score(
     after = next(m for m in _matches(library, top, kind, path) if m.look_id == look.look_id)
     assert after.featured
     assert after.score == pytest.approx(before.score + library.settings.featured_boost, abs=1e-4)
+
+
+def test_start_import_runs_on_the_workers_and_reports_progress(library: Library, tmp_path: Path) -> None:
+    manifest = json.loads((REPO / "demo" / "looks.json").read_text())
+    fresh = [dict(rec, image=str(REPO / "demo" / rec["image"]), status="pending") for rec in manifest[-2:]]
+    source = tmp_path / "looks.json"
+    source.write_text(json.dumps(fresh))
+    with pytest.raises(grpc.RpcError) as caught:
+        library.curation.StartImport(
+            curation_pb2.StartImportRequest(source=str(tmp_path / "missing")), metadata=library.auth, timeout=60
+        )
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    job = library.curation.StartImport(
+        curation_pb2.StartImportRequest(source=str(source)), metadata=library.auth, timeout=60
+    )
+    assert job.job_id and job.requested_by == "ada"
+    deadline = time.monotonic() + 600
+    while job.state not in (curation_pb2.IMPORT_STATE_SUCCEEDED, curation_pb2.IMPORT_STATE_FAILED):
+        assert time.monotonic() < deadline, f"import job still {job.state} after 600 s"
+        time.sleep(0.5)
+        job = library.curation.GetImportJob(
+            curation_pb2.GetImportJobRequest(job_id=job.job_id), metadata=library.auth, timeout=60
+        )
+    assert job.state == curation_pb2.IMPORT_STATE_SUCCEEDED, job.error
+    assert job.imported == 2 and job.processed == job.total == 2
+    listed = library.curation.ListImportJobs(curation_pb2.ListImportJobsRequest(), metadata=library.auth, timeout=60)
+    assert job.job_id in [j.job_id for j in listed.jobs]
+    pending = library.curation.ListLooks(
+        curation_pb2.ListLooksRequest(statuses=[garment_pb2.LOOK_STATUS_PENDING], page_size=100),
+        metadata=library.auth,
+        timeout=60,
+    )
+    assert len({look.look_id for look in pending.looks}) >= 2
