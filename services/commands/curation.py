@@ -40,9 +40,7 @@ def editors() -> None:
 
 @editors.command(name="add")
 @click.argument("name")
-@click.option(
-    "--password-stdin", is_flag=True, help="Read the password from one line of stdin instead of a prompt."
-)
+@click.option("--password-stdin", is_flag=True, help="Read the password from one line of stdin instead of a prompt.")
 def add_editor(name: str, password_stdin: bool) -> None:
     """Create editor NAME; prompts for a password (at least 8 characters)."""
     from services.curation.ledger import EditorError
