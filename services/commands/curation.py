@@ -24,6 +24,17 @@ def _ledger():  # type: ignore[no-untyped-def]
     return settings, Ledger.in_data_dir(settings.data_dir)
 
 
+def _audit(ledger, action: str, editor: str, **after: object) -> None:  # type: ignore[no-untyped-def]
+    """Account changes go into the audit log too, under the operating-system user who ran the command."""
+    import getpass
+
+    try:
+        operator = getpass.getuser()
+    except (KeyError, OSError):
+        operator = "unknown"
+    ledger.append_event(editor=f"cli:{operator}", action=action, after={"editor": editor, **after})
+
+
 def _read_password(password_stdin: bool, *, confirm: bool = True) -> str:
     if password_stdin:
         password = sys.stdin.readline().rstrip("\r\n")
@@ -49,6 +60,7 @@ def add_editor(name: str, password_stdin: bool) -> None:
     password = _read_password(password_stdin)
     try:
         editor = ledger.add_editor(name, password)
+        _audit(ledger, "add_editor", editor.name)
     except EditorError as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(f"editor {editor.name} created in {ledger.path}; sign in at {settings.base_url}/console/")
@@ -64,6 +76,7 @@ def set_password(name: str, password_stdin: bool) -> None:
     _, ledger = _ledger()
     try:
         ledger.set_password(name, _read_password(password_stdin))
+        _audit(ledger, "set_password", name)
     except EditorError as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(f"password of {name} changed")
@@ -91,6 +104,7 @@ def disable_editor(name: str) -> None:
     _, ledger = _ledger()
     try:
         ledger.set_disabled(name, True)
+        _audit(ledger, "disable_editor", name)
     except EditorError as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(f"editor {name} disabled; their sessions and tokens no longer work")
@@ -105,6 +119,7 @@ def enable_editor(name: str) -> None:
     _, ledger = _ledger()
     try:
         ledger.set_disabled(name, False)
+        _audit(ledger, "enable_editor", name)
     except EditorError as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(f"editor {name} enabled")
@@ -129,6 +144,7 @@ def issue_token(name: str, ttl_days: float | None) -> None:
     ttl = ttl_days * 86400 if ttl_days is not None else settings.editor_token_ttl_s
     try:
         issued = ledger.issue_token(name, kind="api", ttl_s=ttl)
+        _audit(ledger, "issue_token", issued.credential.editor, expires_at=issued.credential.expires_at)
     except EditorError as exc:
         raise click.ClickException(str(exc)) from None
     expires = time.strftime("%Y-%m-%d %H:%M", time.gmtime(issued.credential.expires_at))
