@@ -9,6 +9,8 @@ from __future__ import annotations
 import logging
 import math
 import re
+import threading
+import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,6 +47,15 @@ MAX_REASON = 500
 # Why a look is bad, in the quality filter's words (shared/models/quality.py REASONS); a reason naming
 # them becomes a training label reason in `lookbook curation export-labels`.
 REJECT_REASONS: tuple[str, ...] = ("too_dark", "too_blurry", "low_resolution", "not_full_body", "not_a_look")
+
+
+# Striped locks: changes to one look from the console and gRPC in this process run one at a time, so the
+# version check, the write and the audit event of one change are never interleaved with another's.
+_LOCKS = tuple(threading.Lock() for _ in range(64))
+
+
+def _look_lock(look_id: str) -> threading.Lock:
+    return _LOCKS[zlib.crc32(look_id.strip().lower().encode()) % len(_LOCKS)]
 
 
 class CurationInputError(ValueError):
@@ -266,11 +277,30 @@ class CurationDesk:
     ) -> LookRecord:
         expected = _require_version(look_id, expected_version)
         reason = _reason(reason)
-        before = self.get_look(look_id)
-        if before.version != expected:
-            raise StaleVersionError(before.look_id, expected, before.version)
-        # The store compares the version again atomically, so a change racing with this one still fails.
-        after = self.store.update_look(before.look_id, changes, expected_version=expected, curated=True)
+        with _look_lock(look_id):
+            before = self.get_look(look_id)
+            if before.version != expected:
+                raise StaleVersionError(before.look_id, expected, before.version)
+            # The store compares the version again atomically, so a change from another process still fails.
+            after = self.store.update_look(before.look_id, changes, expected_version=expected, curated=True)
+            self._audit_change(editor, action, before, after, changes, reason=reason, request_id=request_id)
+        log.info(
+            "look changed",
+            extra={"editor": editor, "action": action, "look_id": after.look_id, "version": after.version},
+        )
+        return after
+
+    def _audit_change(
+        self,
+        editor: str,
+        action: str,
+        before: LookRecord,
+        after: LookRecord,
+        changes: dict[str, Any],
+        *,
+        reason: str,
+        request_id: str,
+    ) -> None:
         self.ledger.append_event(
             editor=editor,
             action=action,
@@ -281,11 +311,6 @@ class CurationDesk:
             request_id=request_id,
             decision=(str(self.image_file(after)), after.status) if "status" in changes else None,
         )
-        log.info(
-            "look changed",
-            extra={"editor": editor, "action": action, "look_id": after.look_id, "version": after.version},
-        )
-        return after
 
     def set_status_many(
         self,
@@ -319,21 +344,23 @@ class CurationDesk:
     ) -> str:
         expected = _require_version(look_id, expected_version)
         reason = _reason(reason)
-        before = self.get_look(look_id)
-        if before.version != expected:
-            raise StaleVersionError(before.look_id, expected, before.version)
-        # The store has no conditional delete; the version check above narrows the race to one call.
-        if not self.store.delete(before.look_id):
-            raise LookNotFoundError(f"no look {look_id} in the library: it was deleted meanwhile")
-        self.ledger.append_event(
-            editor=editor,
-            action="delete_look",
-            look_id=before.look_id,
-            before=curation_state(before),
-            after={},
-            reason=reason,
-            request_id=request_id,
-        )
+        with _look_lock(look_id):
+            before = self.get_look(look_id)
+            if before.version != expected:
+                raise StaleVersionError(before.look_id, expected, before.version)
+            # The store has no conditional delete: the lock rules out a race within this process, and the
+            # version check narrows one with another process (a scale-out replica) to a single call.
+            if not self.store.delete(before.look_id):
+                raise LookNotFoundError(f"no look {look_id} in the library: it was deleted meanwhile")
+            self.ledger.append_event(
+                editor=editor,
+                action="delete_look",
+                look_id=before.look_id,
+                before=curation_state(before),
+                after={},
+                reason=reason,
+                request_id=request_id,
+            )
         log.info("look deleted", extra={"editor": editor, "look_id": before.look_id})
         return before.look_id
 

@@ -536,3 +536,31 @@ def test_export_labels_writes_editor_decisions(curation: Curation, tmp_path: Pat
         assert Path(line["image"]).resolve() == Path(look.image_path).resolve()
     assert by_look[looks[1].look_id]["reasons"] == ["too_dark"]
     assert by_look[looks[0].look_id]["reasons"] == []
+
+
+def test_racing_edits_of_one_version_let_exactly_one_through(curation: Curation) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    c = curation
+    look = c.pending()
+    statuses = [APPROVED, REJECTED, FEATURED, APPROVED, REJECTED, FEATURED, APPROVED, REJECTED]
+
+    def attempt(status: int) -> grpc.StatusCode:
+        try:
+            c.stub.SetStatus(
+                curation_pb2.SetStatusRequest(look_id=look.look_id, status=status, expected_version=look.version),  # type: ignore[arg-type]
+                metadata=c.auth(),
+                timeout=60,
+            )
+            return grpc.StatusCode.OK
+        except grpc.RpcError as exc:
+            return exc.code()
+
+    with ThreadPoolExecutor(len(statuses)) as pool:
+        codes = list(pool.map(attempt, statuses))
+    assert codes.count(grpc.StatusCode.OK) == 1, codes
+    assert codes.count(grpc.StatusCode.ABORTED) == len(statuses) - 1, codes
+    stored = c.store.get(look.look_id)
+    assert stored is not None and stored.version == look.version + 1
+    (event,) = c.ledger.events(look_id=look.look_id)
+    assert event.after == {"status": stored.status, "version": stored.version}
