@@ -318,6 +318,9 @@ def import_looks(
                 report.added += 1
         if progress:
             progress(outcome)
+    if report.added:
+        # Qdrant Edge builds its HNSW index only when asked; a bulk import is the moment.
+        store.optimize()
     return report
 
 
