@@ -49,6 +49,7 @@ def bare_forward_ms(photos: list[bytes], settings, repeats: int) -> dict[str, fl
 
     One analyze per photo records the input shapes the backbone sees (detector and crops); those
     shapes are then timed as bare forward passes, without decoding, preprocessing, gRPC or search.
+    The small heads (and the compatibility tail) are not in the bare figure, so the ratio errs high.
     """
     import torch
 
@@ -58,22 +59,16 @@ def bare_forward_ms(photos: list[bytes], settings, repeats: int) -> dict[str, fl
     backbone = vision.pipeline.backbone
     shapes: list[list[tuple[int, ...]]] = []
     current: list[tuple[int, ...]] = []
-    hook = backbone.register_forward_pre_hook(lambda _m, args: current.append(tuple(args[0].shape)))
-    original = backbone.forward_features
-
-    def traced(x: torch.Tensor) -> torch.Tensor:
-        current.append(tuple(x.shape))
-        return original(x)
-
-    backbone.forward_features = traced  # the pipeline may call forward_features directly
+    # Every backbone pass, whichever way the pipeline drives it (whole forward, or stage by stage for
+    # the detector and the compatibility stem), starts at conv_stem: record what it is fed.
+    hook = backbone.conv_stem.register_forward_pre_hook(lambda _m, args: current.append(tuple(args[0].shape)))
     try:
         for photo in photos[: min(len(photos), 20)]:
             current = []
             vision.analyze_sync(photo, single_garment=True)
-            shapes.append(sorted(set(current)))
+            shapes.append(list(current))
     finally:
         hook.remove()
-        backbone.forward_features = original
     per_query = []
     with torch.inference_mode():
         for query_shapes in shapes:
