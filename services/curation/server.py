@@ -78,9 +78,16 @@ class CurationServicer(curation_pb2_grpc.CurationServiceServicer):
         return credential.editor
 
     async def _run(self, context: grpc.aio.ServicerContext, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        """Runs blocking desk work on a thread and turns its errors into statuses."""
+        """Runs blocking desk work on a thread within the call's deadline and turns its errors into statuses."""
         try:
-            return await asyncio.to_thread(fn, *args, **kwargs)
+            return await asyncio.wait_for(asyncio.to_thread(fn, *args, **kwargs), context.time_remaining())
+        except TimeoutError:
+            await _abort(
+                context,
+                grpc.StatusCode.DEADLINE_EXCEEDED,
+                "the deadline passed before the library answered: retry with a longer deadline; a change may "
+                "still have been applied, so re-read the look (its version tells)",
+            )
         except StaleVersionError as exc:
             await _abort(context, grpc.StatusCode.ABORTED, str(exc))
         except (LookNotFoundError, ImportJobNotFoundError) as exc:
