@@ -251,6 +251,7 @@ def eval_compat_command(data_dir: Path, split: str, models_dir: Path | None, see
         "seed": seed,
         "model_version": model.version,
         "pairs": len(pairs),
+        "skipped_questions": bench.skipped,
         "tops": len({t for t, _ in pairs}),
         "bottoms": len({b for _, b in pairs}),
         "negatives": 3,

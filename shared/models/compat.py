@@ -27,6 +27,8 @@ Kind = Literal["top", "bottom"]
 KINDS: tuple[Kind, Kind] = ("top", "bottom")
 # Backbone modules after the frozen stem; `trainable` picks which of them are fine-tuned.
 TAIL_MODULES = ("blocks.5", "blocks.6", "conv_head", "bn2")
+STEM_CHANNELS = 112
+STAGE5_CHANNELS = 192
 
 
 @dataclass(frozen=True)
@@ -36,6 +38,12 @@ class CompatConfig:
     dropout: float = 0.3
     trainable: tuple[str, ...] = ("blocks.6", "conv_head", "bn2")
     use_colour: bool = True
+    # Mean and spread of the frozen stem's 112 channels: mid-level texture and colour statistics.
+    stem_stats: bool = False
+    # The same statistics of the (frozen) stage-5 output, 192 channels at stride 32.
+    stage5_stats: bool = False
+    # Independently initialised projection heads whose cosines are averaged (a cheap ensemble).
+    members: int = 1
     attribute_classes: dict[str, int] = field(default_factory=dict)
 
     @classmethod
@@ -43,6 +51,16 @@ class CompatConfig:
         raw = dict(raw)
         raw["trainable"] = tuple(raw.get("trainable", ()))
         return cls(**raw)
+
+
+def map_statistics(feature_map: torch.Tensor) -> torch.Tensor:
+    """Per-channel spatial mean and standard deviation of a feature map [N, C, h, w] -> [N, 2C]."""
+    flat = feature_map.float().flatten(2)
+    return torch.cat([flat.mean(dim=2), flat.std(dim=2)], dim=1)
+
+
+def config_stats_dim(config: CompatConfig) -> int:
+    return 2 * (STEM_CHANNELS * config.stem_stats + STAGE5_CHANNELS * config.stage5_stats)
 
 
 class ProjectionHead(nn.Module):
@@ -71,14 +89,19 @@ class CompatNet(nn.Module):
         trainable = {name.replace(".", "_") for name in config.trainable}
         for key, module in self.tail.items():
             module.requires_grad_(key in trainable)
-        in_dim = 1280 + (COLOUR_DIM if config.use_colour else 0)
-        self.heads = nn.ModuleDict({kind: ProjectionHead(in_dim, config) for kind in KINDS})
-        self.attribute_heads = nn.ModuleDict({name: nn.Linear(config.hidden, n)
-                                              for name, n in config.attribute_classes.items()})
+        in_dim = 1280 + (COLOUR_DIM if config.use_colour else 0) + config_stats_dim(config)
+        self.heads = nn.ModuleDict({kind: nn.ModuleList([ProjectionHead(in_dim, config) for _ in range(config.members)])
+                                    for kind in KINDS})
+        self.attribute_heads = nn.ModuleList([
+            nn.ModuleDict({name: nn.Linear(config.hidden, n) for name, n in config.attribute_classes.items()})
+            for _ in range(config.members)
+        ])
         self.register_buffer("colour_mean", torch.zeros(COLOUR_DIM))
         self.register_buffer("colour_std", torch.ones(COLOUR_DIM))
-        # Softmax temperature while training; the served score uses the calibration instead.
-        self.logit_scale = nn.Parameter(torch.tensor(math.log(10.0)))
+        self.register_buffer("stats_mean", torch.zeros(config_stats_dim(config)))
+        self.register_buffer("stats_std", torch.ones(config_stats_dim(config)))
+        # Softmax temperature per member while training; the served score uses the calibration instead.
+        self.logit_scale = nn.Parameter(torch.full((config.members,), math.log(10.0)))
         self.register_buffer("calibration", torch.tensor([10.0, 0.0]))
 
     def train(self, mode: bool = True) -> CompatNet:
@@ -98,14 +121,37 @@ class CompatNet(nn.Module):
         x = self.tail["bn2"](self.tail["conv_head"](x))
         return x.mean(dim=(2, 3))
 
-    def embed(self, pooled: torch.Tensor, colour: torch.Tensor, kind: Kind) -> tuple[torch.Tensor, torch.Tensor]:
+    def head_input(self, pooled: torch.Tensor, colour: torch.Tensor, stats: torch.Tensor | None) -> torch.Tensor:
         parts = [pooled]
         if self.config.use_colour:
             parts.append((colour - self.colour_mean) / self.colour_std)
-        return self.heads[kind](torch.cat(parts, dim=1))
+        if config_stats_dim(self.config):
+            if stats is None:
+                raise ValueError("this model needs the stem statistics")
+            parts.append((stats - self.stats_mean) / self.stats_std)
+        return torch.cat(parts, dim=1)
+
+    def member_outputs(self, x: torch.Tensor, kind: Kind) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """(unit vector, hidden activation) of each ensemble member."""
+        return [head(x) for head in self.heads[kind]]
+
+    def embed(self, pooled: torch.Tensor, colour: torch.Tensor, stats: torch.Tensor | None, kind: Kind
+              ) -> torch.Tensor:
+        """The served vector: the members' unit vectors side by side, scaled so the cosine is their mean."""
+        outputs = self.member_outputs(self.head_input(pooled, colour, stats), kind)
+        return torch.cat([z for z, _ in outputs], dim=1) / math.sqrt(len(outputs))
+
+    def statistics(self, stem: torch.Tensor, x5: torch.Tensor) -> torch.Tensor | None:
+        parts = []
+        if self.config.stem_stats:
+            parts.append(map_statistics(stem))
+        if self.config.stage5_stats:
+            parts.append(map_statistics(x5))
+        return torch.cat(parts, dim=1) if parts else None
 
     def forward_stem(self, stem: torch.Tensor, colour: torch.Tensor, kind: Kind) -> torch.Tensor:
-        return self.embed(self.pooled(self.stage5(stem)), colour, kind)[0]
+        x5 = self.stage5(stem)
+        return self.embed(self.pooled(x5), colour, self.statistics(stem, x5), kind)
 
     def serving_state(self, backbone: nn.Module) -> dict[str, Any]:
         """What the artifact stores: the heads, and the fine-tuned backbone modules only as an fp16 delta."""
@@ -118,9 +164,12 @@ class CompatNet(nn.Module):
                     delta[f"{name}.{key}"] = (value - pretrained[key]).half()
         return {
             "config": asdict(self.config),
-            "heads": {k: v.clone() for k, v in self.heads.state_dict().items()},
+            # fp16 halves the file; the cosines move by less than 1e-3.
+            "heads": {k: v.half() for k, v in self.heads.state_dict().items()},
             "colour_mean": self.colour_mean.clone(),
             "colour_std": self.colour_std.clone(),
+            "stats_mean": self.stats_mean.clone(),
+            "stats_std": self.stats_std.clone(),
             "calibration": self.calibration.clone(),
             "backbone_delta": delta,
         }
@@ -129,9 +178,11 @@ class CompatNet(nn.Module):
     def from_serving_state(cls, state: dict[str, Any], backbone: nn.Module) -> CompatNet:
         config = CompatConfig.from_dict(state["config"])
         net = cls(backbone, config)
-        net.heads.load_state_dict(state["heads"])
+        net.heads.load_state_dict({k: v.float() for k, v in state["heads"].items()})
         net.colour_mean.copy_(state["colour_mean"])
         net.colour_std.copy_(state["colour_std"])
+        net.stats_mean.copy_(state["stats_mean"])
+        net.stats_std.copy_(state["stats_std"])
         net.calibration.copy_(state["calibration"])
         with torch.no_grad():
             for key, value in state["backbone_delta"].items():
@@ -152,7 +203,8 @@ class CompatModel:
         self.net = net.eval()
         self.backbone = backbone
         self.version = version
-        self.dim = net.config.dim
+        # The served vector holds every ensemble member side by side.
+        self.dim = net.config.dim * net.config.members
 
     def project(self, images: list[Image.Image], kind: Kind) -> np.ndarray:
         """Garment crops (a top or bottom box of a look, or a product photo) -> [N, dim] unit float32 vectors."""

@@ -129,6 +129,7 @@ class Benchmark:
     top_to_bottom: dict[str, Questions] = field(default_factory=dict)  # "uniform" / "popularity"
     bottom_to_top: dict[str, Questions] = field(default_factory=dict)
     auc_negatives: list[tuple[str, str]] = field(default_factory=list)
+    skipped: int = 0  # questions that had too few never-paired candidates
 
 
 def sample_negatives(
@@ -185,8 +186,19 @@ def build_benchmark(
         popularity = np.array([counts[a] for a in pool], dtype=np.float64)
         questions: dict[str, Questions] = {}
         for kind, weights in (("uniform", None), ("popularity", popularity)):
-            rows = [[a, *sample_negatives(q, a, pool, weights, partners, negatives, rng)] for q, a in oriented]
-            questions[kind] = Questions(queries=[q for q, _ in oriented], candidates=np.array(rows, dtype=object))
+            queries, rows = [], []
+            for q, a in oriented:
+                try:
+                    rows.append([a, *sample_negatives(q, a, pool, weights, partners, negatives, rng)])
+                except OutfitDataError:
+                    # A query paired with nearly every candidate cannot be asked; it is counted, not fatal.
+                    bench.skipped += 1
+                    continue
+                queries.append(q)
+            if not rows:
+                raise OutfitDataError(f"no {direction} question could be drawn: the evaluation needs at least "
+                                      f"{negatives + 1} distinct items on each side")
+            questions[kind] = Questions(queries=queries, candidates=np.array(rows, dtype=object))
         getattr(bench, direction).update(questions)
     pop = bench.top_to_bottom["popularity"]
     bench.auc_negatives = [(q, b) for q, row in zip(pop.queries, pop.candidates, strict=True) for b in row[1:]]

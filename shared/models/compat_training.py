@@ -6,6 +6,7 @@ exactly the popularity-matched FITB setting, so the model learns compatibility b
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 import time
@@ -20,7 +21,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from shared.models.compat import CompatConfig, CompatNet, Kind
+from shared.models.compat import CompatConfig, CompatNet, Kind, config_stats_dim, map_statistics
 from shared.models.compat_data import (
     ATTRIBUTES,
     Benchmark,
@@ -30,7 +31,7 @@ from shared.models.compat_data import (
     pair_auc,
     split_by_top,
 )
-from shared.models.compat_features import FeatureSet, extract_features
+from shared.models.compat_features import CACHE_VERSION, DEFAULT_CACHE_DIR, FeatureSet, extract_features
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +51,8 @@ class TrainParams:
     split_seed: int = 7
     seed: int = 0
     views: tuple[int, ...] = (0,)
-    config: CompatConfig = field(default_factory=lambda: CompatConfig(trainable=()))
+    config: CompatConfig = field(
+        default_factory=lambda: CompatConfig(hidden=256, trainable=(), stem_stats=True, members=3))
 
 
 @dataclass
@@ -67,6 +69,7 @@ class PreparedData:
     val_pairs: list[tuple[str, str]]
     all_pairs: list[tuple[str, str]]
     x5: np.ndarray | None = None  # frozen stage-5 maps, filled by stage5_maps()
+    stats: np.ndarray | None = None  # feature-map statistics [V, N, S], filled by map_stats()
 
 
 def prepare(data: OutfitData, params: TrainParams, *, progress: bool = True) -> PreparedData:
@@ -121,18 +124,54 @@ def colour_histogram_similarity(colour: np.ndarray) -> np.ndarray:
     return colour[..., :24]
 
 
-def stage5_maps(prepared: PreparedData, backbone: nn.Module, batch: int = 256) -> np.ndarray:
-    """Output of the frozen backbone stage 5 for every garment and view, float16 [V, N, 192, 7, 7] (cached)."""
+def stage5_maps(prepared: PreparedData, backbone: nn.Module, batch: int = 128) -> np.ndarray:
+    """Output of the frozen backbone stage 5 for every garment and view, float16 [V, N, 192, 7, 7].
+
+    Kept in memory and on disk under .cache/compat, keyed by the images' content and the views.
+    """
     if prepared.x5 is None:
         fs = prepared.features
-        stage = backbone.blocks[5]
-        with torch.inference_mode():
-            prepared.x5 = np.stack([
-                np.concatenate([stage(torch.from_numpy(fs.stem[vi, s:s + batch].astype(np.float32))).half().numpy()
-                                for s in range(0, len(prepared.items), batch)])
-                for vi in range(len(fs.views))
-            ])
+        key = hashlib.sha256(("|".join(fs.shas) + f"|{fs.views}|{CACHE_VERSION}").encode()).hexdigest()[:32]
+        file = DEFAULT_CACHE_DIR / f"stage5-{key}.npy"
+        if file.is_file():
+            prepared.x5 = np.load(file)
+        else:
+            stage = backbone.blocks[5]
+            with torch.inference_mode():
+                prepared.x5 = np.stack([
+                    np.concatenate([stage(torch.from_numpy(fs.stem[vi, s:s + batch].astype(np.float32))).half().numpy()
+                                    for s in tqdm(range(0, len(prepared.items), batch), desc=f"stage 5, view {v}",
+                                                  leave=False)])
+                    for vi, v in enumerate(fs.views)
+                ])
+            file.parent.mkdir(parents=True, exist_ok=True)
+            tmp = file.with_suffix(".tmp.npy")
+            np.save(tmp, prepared.x5)
+            tmp.replace(file)
     return prepared.x5
+
+
+def map_stats(prepared: PreparedData, net: CompatNet, backbone: nn.Module, batch: int = 512) -> np.ndarray | None:
+    """The feature-map statistics the model's config asks for, per garment and view, float32 [V, N, S]."""
+    if not config_stats_dim(net.config):
+        return None
+    fs = prepared.features
+    parts = []
+    if net.config.stem_stats:
+        parts.append(np.stack([
+            np.concatenate([map_statistics(torch.from_numpy(fs.stem[vi, s:s + batch])).numpy()
+                            for s in range(0, len(prepared.items), batch)])
+            for vi in range(len(fs.views))
+        ]))
+    if net.config.stage5_stats:
+        x5 = stage5_maps(prepared, backbone)
+        parts.append(np.stack([
+            np.concatenate([map_statistics(torch.from_numpy(x5[vi, s:s + batch])).numpy()
+                            for s in range(0, len(prepared.items), batch)])
+            for vi in range(len(fs.views))
+        ]))
+    prepared.stats = np.concatenate(parts, axis=2)
+    return prepared.stats
 
 
 def pooled_features(net: CompatNet, prepared: PreparedData, view_index: np.ndarray, idx: np.ndarray) -> torch.Tensor:
@@ -156,7 +195,8 @@ def net_vectors(net: CompatNet, prepared: PreparedData, view: int = 0, batch: in
             for start in range(0, len(idx), batch):
                 chunk = idx[start:start + batch]
                 pooled = pooled_features(net, prepared, np.full(len(chunk), vi), chunk)
-                vecs = net.embed(pooled, torch.from_numpy(fs.colour[vi, chunk]), kind)[0].numpy()  # type: ignore[arg-type]
+                stats = torch.from_numpy(prepared.stats[vi, chunk]) if prepared.stats is not None else None
+                vecs = net.embed(pooled, torch.from_numpy(fs.colour[vi, chunk]), stats, kind).numpy()  # type: ignore[arg-type]
                 out.update({prepared.items[i]: v for i, v in zip(chunk, vecs, strict=True)})
     return out
 
@@ -193,6 +233,10 @@ def train_compat(
     colour = fs.colour.reshape(-1, fs.colour.shape[-1])
     net.colour_mean.copy_(torch.from_numpy(colour.mean(axis=0)))
     net.colour_std.copy_(torch.from_numpy(colour.std(axis=0) + 1e-3))
+    if (all_stats := map_stats(prepared, net, backbone)) is not None:
+        stats = all_stats.reshape(-1, all_stats.shape[-1])
+        net.stats_mean.copy_(torch.from_numpy(stats.mean(axis=0)))
+        net.stats_std.copy_(torch.from_numpy(stats.std(axis=0) + 1e-3))
 
     # Stage 5 stays frozen (its weights are most of the backbone tail), so its output is computed once.
     if "blocks.5" in config.trainable:
@@ -229,28 +273,33 @@ def train_compat(
                 continue
             tops, top_pos = np.unique(batch[:, 0], return_inverse=True)
             bottoms, bottom_pos = np.unique(batch[:, 1], return_inverse=True)
-            embedded = {}
+            outputs = {}
             attribute_loss = torch.zeros(())
             for kind, idx in (("top", tops), ("bottom", bottoms)):
                 view = rng.integers(0, len(fs.views), size=len(idx))
-                col = torch.from_numpy(fs.colour[view, idx])
-                pooled = pooled_features(net, prepared, view, idx)
-                z, hidden = net.embed(pooled, col, kind)  # type: ignore[arg-type]
-                embedded[kind] = z
-                for name, head in net.attribute_heads.items():
-                    attribute_loss = attribute_loss + nn.functional.cross_entropy(head(hidden), labels[name][idx])
-            scale = net.logit_scale.exp().clamp(max=100.0)
-            logits = scale * embedded["top"] @ embedded["bottom"].T
+                x = net.head_input(pooled_features(net, prepared, view, idx), torch.from_numpy(fs.colour[view, idx]),
+                                   torch.from_numpy(prepared.stats[view, idx]) if prepared.stats is not None else None)
+                outputs[kind] = net.member_outputs(x, kind)  # type: ignore[arg-type]
+                for (_, hidden), heads in zip(outputs[kind], net.attribute_heads, strict=True):
+                    for name, head in heads.items():
+                        attribute_loss = attribute_loss + nn.functional.cross_entropy(head(hidden), labels[name][idx])
             # Other true partners in the batch are not negatives.
             mask = torch.from_numpy(is_positive[np.ix_(tops, bottoms)])
             rows = torch.from_numpy(top_pos)
             cols = torch.from_numpy(bottom_pos)
-            row_logits = logits[rows].masked_fill(mask[rows], -1e4)
-            row_logits[torch.arange(len(rows)), cols] = logits[rows, cols]
-            col_logits = logits.T[cols].masked_fill(mask.T[cols], -1e4)
-            col_logits[torch.arange(len(cols)), rows] = logits[rows, cols]
-            nce = nn.functional.cross_entropy(row_logits, cols) + nn.functional.cross_entropy(col_logits, rows)
-            loss = nce / 2 + params.attribute_weight * attribute_loss / (2 * max(1, len(net.attribute_heads)))
+            nce = torch.zeros(())
+            for member in range(config.members):
+                scale = net.logit_scale[member].exp().clamp(max=100.0)
+                logits = scale * outputs["top"][member][0] @ outputs["bottom"][member][0].T
+                row_logits = logits[rows].masked_fill(mask[rows], -1e4)
+                row_logits[torch.arange(len(rows)), cols] = logits[rows, cols]
+                col_logits = logits.T[cols].masked_fill(mask.T[cols], -1e4)
+                col_logits[torch.arange(len(cols)), rows] = logits[rows, cols]
+                nce = nce + nn.functional.cross_entropy(row_logits, cols)
+                nce = nce + nn.functional.cross_entropy(col_logits, rows)
+            nce = nce / config.members
+            n_attr = max(1, len(config.attribute_classes))
+            loss = nce / 2 + params.attribute_weight * attribute_loss / (2 * n_attr * config.members)
             optimiser.zero_grad()
             loss.backward()
             optimiser.step()
