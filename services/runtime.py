@@ -146,6 +146,9 @@ async def start(
         # Image URIs name the HTTP port, so it is picked before anything that builds them.
         settings = settings.model_copy(update={"http_port": free_port()})
     running = Running(settings)
+    from shared.metrics import setup_observability
+
+    setup_observability(settings, service)
     port = (lambda configured: 0) if random_ports else (lambda configured: configured)
     try:
         vision = None

@@ -5,15 +5,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-import uuid
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from shared.logs import request_id
 from shared.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -26,22 +24,12 @@ def channel_options(settings: Settings) -> list[tuple[str, Any]]:
     ]
 
 
-class RequestIdInterceptor(grpc.aio.ServerInterceptor):
-    """Takes `x-request-id` from the caller (or makes one) and puts it in every log line of the call."""
-
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
-        metadata = dict(handler_call_details.invocation_metadata or ())
-        request_id.set(str(metadata.get("x-request-id") or uuid.uuid4().hex))
-        return await continuation(handler_call_details)
-
-
 def new_server(settings: Settings, interceptors: Sequence[grpc.aio.ServerInterceptor] = ()) -> grpc.aio.Server:
+    from shared.metrics import aio_server_interceptors
+
+    # Request ids (x-request-id into every log line) and Prometheus metrics wrap every RPC.
     return grpc.aio.server(
-        interceptors=[RequestIdInterceptor(), *interceptors],
+        interceptors=[*aio_server_interceptors(), *interceptors],
         options=channel_options(settings),
         maximum_concurrent_rpcs=settings.grpc_workers * 8,
     )

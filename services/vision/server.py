@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -110,9 +111,11 @@ class LocalVision:
         timeout: float | None = None,
     ) -> Analysis:
         loop = asyncio.get_running_loop()
+        context = contextvars.copy_context()  # the request id follows the work onto the pool thread
         work = loop.run_in_executor(
             self.executor,
-            lambda: self.analyze_sync(
+            lambda: context.run(
+                self.analyze_sync,
                 data,
                 single_garment=single_garment,
                 kind_hint=kind_hint,
