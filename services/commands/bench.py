@@ -3,7 +3,6 @@ forward time of the models a query runs, measured in the same run on the same ma
 
 from __future__ import annotations
 
-import io
 import json
 import statistics
 import sys
@@ -20,8 +19,8 @@ from services.commands.common import api_metadata, fail, gateway_channel, settin
 
 def query_photos(data_dir: Path, count: int) -> list[bytes]:
     """Top and bottom crops cut from the annotated looks of DIR, as JPEG bytes (shopper-like queries)."""
-    from PIL import Image
 
+    from shared.images import crop_jpeg
     from shared.library import SourceError, read_source
 
     source = data_dir / "looks" if (data_dir / "looks" / "looks.json").is_file() else data_dir
@@ -31,12 +30,7 @@ def query_photos(data_dir: Path, count: int) -> list[bytes]:
         fail(str(exc))
     photos: list[bytes] = []
     for item in items:
-        with Image.open(item.path) as image:
-            rgb = image.convert("RGB")
-            for known in item.known:
-                buffer = io.BytesIO()
-                rgb.crop(known.box).save(buffer, "JPEG", quality=90)
-                photos.append(buffer.getvalue())
+        photos.extend(crop_jpeg(item.path, known.box) for known in item.known)
         if len(photos) >= count:
             break
     if not photos:

@@ -14,7 +14,6 @@ mean pairwise appearance cosine of the 10 returned garments (lower is more varie
 
 from __future__ import annotations
 
-import io
 import json
 import random
 import sys
@@ -71,11 +70,11 @@ def _relevant(look: Any, kind: str, truth: Truth, labels_of: dict[str, dict[str,
 @click.option("--json", "json_out", type=click.Path(dir_okay=False, path_type=Path), default=None)
 def blend_eval(data_dir: Path, held_out: float, seed: int, diversity: float, json_out: Path | None) -> None:
     """Recall@10, precision@10 and diversity of each ranking path and blend on held-out look pairs."""
-    from PIL import Image
     from tqdm import tqdm
 
     from services.gateway.ranking import Matcher
     from services.runtime import local_vision
+    from shared.images import crop_jpeg
     from shared.library import import_looks, read_source, vector_dims
     from shared.store import EdgeLookStore, look_id_for
 
@@ -122,13 +121,7 @@ def blend_eval(data_dir: Path, held_out: float, seed: int, diversity: float, jso
         matcher = Matcher(settings, store)
         tallies = {name: {"recall": 0.0, "precision": 0.0, "diversity": 0.0, "n": 0} for name, *_ in CONFIGS}
         for item in tqdm(queries, desc="held-out queries", unit="look", file=sys.stderr):
-            with Image.open(item.path) as image:
-                rgb = image.convert("RGB")
-            crops: dict[str, bytes] = {}
-            for known in item.known:
-                buffer = io.BytesIO()
-                rgb.crop(known.box).save(buffer, "JPEG", quality=90)
-                crops[known.kind] = buffer.getvalue()
+            crops = {known.kind: crop_jpeg(item.path, known.box) for known in item.known}
             for kind, pair in (("top", "bottom"), ("bottom", "top")):
                 query = vision.analyze_sync(crops[kind], single_garment=True, kind_hint=kind).garment(kind)  # type: ignore[arg-type]
                 truth_garment = vision.analyze_sync(crops[pair], single_garment=True, kind_hint=pair).garment(pair)  # type: ignore[arg-type]

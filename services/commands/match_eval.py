@@ -7,7 +7,6 @@ each look's top (and bottom) crop through the public MatchOutfit API.
 
 from __future__ import annotations
 
-import io
 import json
 import sys
 import tempfile
@@ -16,16 +15,6 @@ from pathlib import Path
 import click
 
 from services.commands.common import fail, settings_or_exit
-
-
-def _crop_jpeg(path: Path, box: tuple[float, float, float, float]) -> bytes:
-    from PIL import Image, ImageOps
-
-    with Image.open(path) as image:
-        piece = ImageOps.exif_transpose(image).convert("RGB").crop(box)
-    buffer = io.BytesIO()
-    piece.save(buffer, "JPEG", quality=90)
-    return buffer.getvalue()
 
 
 @click.command(name="match")
@@ -79,6 +68,7 @@ def _run(settings, items, tqdm):  # type: ignore[no-untyped-def]
     from lookbook.outfit.v1 import outfit_pb2, outfit_pb2_grpc
 
     from services.runtime import local_vision, start
+    from shared.images import crop_jpeg
     from shared.library import import_looks
     from shared.store import look_id_for
 
@@ -106,7 +96,7 @@ def _run(settings, items, tqdm):  # type: ignore[no-untyped-def]
                 for item in tqdm(items, desc="querying", unit="look", file=sys.stderr):
                     own = look_id_for(item.path.read_bytes())
                     for known in item.known:
-                        data = _crop_jpeg(item.path, known.box)
+                        data = crop_jpeg(item.path, known.box)
                         for mode, kind in (("auto", "AUTO"), ("given", known.kind.upper())):
                             reply = await stub.MatchOutfit(
                                 outfit_pb2.MatchOutfitRequest(

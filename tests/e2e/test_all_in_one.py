@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import os
 import signal
 import subprocess
@@ -16,8 +15,8 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from lookbook.common.v1 import garment_pb2
 from lookbook.outfit.v1 import outfit_pb2, outfit_pb2_grpc
-from PIL import Image
 
+from shared.images import crop_jpeg
 from shared.library import read_source
 from shared.store import look_id_for
 from tests.support import DEMO, REPO, free_port
@@ -65,13 +64,12 @@ def test_a_top_photo_returns_its_looks_bottom(server: tuple[subprocess.Popen[str
     _, address, _ = server
     item = read_source(DEMO / "looks.json")[7]
     top = next(k.box for k in item.known if k.kind == "top")
-    buffer = io.BytesIO()
-    Image.open(item.path).convert("RGB").crop(tuple(round(v) for v in top)).save(buffer, "JPEG", quality=90)
+    query = crop_jpeg(item.path, top)
     with grpc.insecure_channel(address) as channel:
         health = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=10)
         assert health.status == health_pb2.HealthCheckResponse.SERVING
         response = outfit_pb2_grpc.OutfitServiceStub(channel).MatchOutfit(
-            outfit_pb2.MatchOutfitRequest(image=buffer.getvalue(), kind=outfit_pb2.QUERY_KIND_TOP), timeout=60
+            outfit_pb2.MatchOutfitRequest(image=query, kind=outfit_pb2.QUERY_KIND_TOP), timeout=60
         )
     assert response.query.kind == garment_pb2.GARMENT_KIND_TOP
     ids = [m.look_id for m in response.matches]

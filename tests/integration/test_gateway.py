@@ -14,6 +14,7 @@ from lookbook.outfit.v1 import outfit_pb2, outfit_pb2_grpc
 from lookbook.vision.v1 import vision_pb2, vision_pb2_grpc
 from PIL import Image
 
+from shared.images import crop_jpeg
 from shared.library import import_looks, read_source
 from shared.store import look_id_for
 from tests.servers import ServiceThread
@@ -28,10 +29,7 @@ def demo_items() -> list:
 
 
 def crop_bytes(item, kind: str) -> bytes:  # type: ignore[no-untyped-def]
-    box = next(k.box for k in item.known if k.kind == kind)
-    buffer = io.BytesIO()
-    Image.open(item.path).convert("RGB").crop(tuple(round(v) for v in box)).save(buffer, "JPEG", quality=92)
-    return buffer.getvalue()
+    return crop_jpeg(item.path, next(k.box for k in item.known if k.kind == kind))
 
 
 @pytest.fixture(scope="module")
