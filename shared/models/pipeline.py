@@ -1,9 +1,13 @@
-"""The vision pipeline behind VisionService.Analyze: find the garments in a photo and embed each one.
+"""The vision pipeline behind VisionService.Analyze: find the garments in a photo, categorise and embed
+each one, and (when their artifacts exist) project it for compatibility and score the photo's quality.
 
-This first version uses documented stand-ins until the trained heads land (issue 3):
-- region finding: a fixed-proportion rule for full looks, or the whole photo as one garment;
-- category: the ImageNet classifier's garment classes, zero-shot;
-- appearance embedding: the backbone's pooled features, L2-normalised (the real backbone).
+Every head stands on one shared, frozen EfficientNet-Lite0 backbone:
+- detector (shared/models/detector.py): one pass over the photo at 160 px -> a box and presence per kind;
+- category (category.py) and appearance embedding (embedding.py): one pass over each garment crop at
+  224 px; both read its pooled features, the embedding fuses them with a Lab colour histogram;
+- compat (compat.py, optional): reuses the crops' early-stage maps from that same pass.
+Missing artifacts fall back to the v0 stand-ins (a fixed-proportion rule, the ImageNet classes, the
+raw backbone features), and `model_version` says which ran.
 """
 
 from __future__ import annotations
@@ -13,29 +17,38 @@ import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any
 
 import numpy as np
 import torch
 from PIL import Image
 
 from shared.models.backbone import FEATURE_DIM, Squash, shared_backbone
+from shared.models.category import CategoryModel, load_category
+from shared.models.colour import colour_histogram, colour_names
+from shared.models.detector import Detection, GarmentDetector, load_detector
+from shared.models.embedding import EmbeddingModel, load_embedding
+from shared.models.vision_data import BoxXYXY, Kind
 
 log = logging.getLogger(__name__)
 
-Kind = Literal["top", "bottom", "full_body", "other"]
-BoxXYXY = tuple[float, float, float, float]
+__all__ = ["Analysis", "BoxXYXY", "FoundGarment", "Kind", "KnownGarment", "VisionPipeline", "crop"]
 
-# ImageNet classes that are garments, for the zero-shot category stand-in.
+# ImageNet classes that are garments: the category stand-in when no category artifact exists.
 _TOP_CLASSES = (474, 568, 610, 617, 735, 841, 869)  # cardigan, fur coat, T-shirt, lab coat, poncho, ...
 _BOTTOM_CLASSES = (601, 608, 655, 689, 775, 842)  # hoopskirt, jean, miniskirt, overskirt, sarong, trunks
 
 # Fixed proportions of a full-body street look (fractions of width and height), measured as the
-# median annotated boxes of ../shared/data/looks: the stand-in for the detector.
+# median annotated boxes of ../shared/data/looks: the stand-in when no detector artifact exists.
 _LOOK_RULE: dict[Kind, BoxXYXY] = {
     "top": (0.22, 0.17, 0.78, 0.50),
     "bottom": (0.24, 0.44, 0.76, 0.86),
 }
+# A library look keeps a detected garment at or above this presence.
+PRESENCE_THRESHOLD = 0.5
+# A shopper's photo uses the hinted kind's box down to this presence, else the most present garment.
+HINT_THRESHOLD = 0.2
+_CATEGORY_ORDER: tuple[Kind, ...] = ("top", "bottom", "full_body", "other")
 
 
 @dataclass(frozen=True)
@@ -54,6 +67,8 @@ class FoundGarment:
     embedding: np.ndarray
     compat: np.ndarray | None = None
     colors: list[str] = field(default_factory=list)
+    # Category probabilities of the crop (top, bottom, full_body, other), when the category head ran.
+    category: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -78,6 +93,34 @@ def crop(image: Image.Image, box: BoxXYXY) -> Image.Image:
     return image.crop((round(x0), round(y0), round(x1), round(y1)))
 
 
+def _short(prefix: str, version: str | None, fallback: str) -> str:
+    """'detector-1' -> 'det-1': the model version stays short but names each artifact."""
+    if not version:
+        return f"{prefix}-{fallback}"
+    return f"{prefix}-{version.rsplit('-', 1)[-1]}" if "-" in version else f"{prefix}-{version}"
+
+
+def _optional_model(module: str, loader: str, models_dir: Path) -> Any:
+    """Loads a head another part of the team owns, when its code and artifact both exist."""
+    try:
+        mod = __import__(module, fromlist=[loader])
+        return getattr(mod, loader)(models_dir)
+    except ImportError:
+        return None
+    except Exception:  # a broken optional head must not take the vision service down
+        log.exception("optional model failed to load", extra={"model_module": module})
+        return None
+
+
+@dataclass
+class _Plan:
+    kind: Kind
+    box: BoxXYXY
+    confidence: float
+    # AUTO query photos: the kind is decided by the category head on the crop.
+    auto: bool = False
+
+
 class VisionPipeline:
     """Detect, categorise and embed garments. Thread-safe: torch inference runs under one lock."""
 
@@ -87,22 +130,78 @@ class VisionPipeline:
         self.models_dir = models_dir
         self.backbone = shared_backbone()
         self.squash = Squash()
-        self.embedding_dim = FEATURE_DIM
-        self.compat_dim = 0
-        self.model_version = "lite0-imagenet+rule-0"
+        self.detector: GarmentDetector | None = load_detector(models_dir, self.backbone)
+        self.category: CategoryModel | None = load_category(models_dir)
+        self.embedding_model: EmbeddingModel | None = load_embedding(models_dir)
+        self.compat = _optional_model("shared.models.compat", "load_compat", models_dir)
+        self.quality = _optional_model("shared.models.quality", "load_quality", models_dir)
+        self._compat_colour: Any = None
+        if self.compat is not None:
+            from shared.models.compat_features import colour_features
+
+            self._compat_colour = colour_features
+        self.embedding_dim = self.embedding_model.dim if self.embedding_model else FEATURE_DIM
+        self.compat_dim = int(self.compat.dim) if self.compat is not None else 0
+        parts = [
+            _short("det", self.detector.version if self.detector else None, "rule"),
+            _short("cat", self.category.version if self.category else None, "imagenet"),
+            _short("emb", self.embedding_model.version if self.embedding_model else None, "raw"),
+        ]
+        if self.compat is not None:
+            parts.append(_short("compat", str(self.compat.version), "0"))
+        self.model_version = "+".join(parts)
+        self.quality_version: str | None = str(self.quality.version) if self.quality is not None else None
         self._lock = threading.Lock()
 
+    # ------------------------------------------------------------------ torch (under the lock)
+
     @torch.inference_mode()
-    def _pooled(self, crops: Sequence[Image.Image]) -> tuple[torch.Tensor, torch.Tensor]:
-        batch = torch.stack([self.squash(c) for c in crops])
+    def _forward(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Early-stage maps (for compat) and pooled features of a batch of 224-px inputs."""
+        b = self.backbone
         with self._lock:
-            pooled = self.backbone.forward_head(self.backbone.forward_features(batch), pre_logits=True)
-            logits = self.backbone.get_classifier()(pooled)
-        return pooled, logits
+            x = b.bn1(b.conv_stem(batch))
+            for stage in b.blocks[:5]:
+                x = stage(x)
+            stem = x
+            for stage in b.blocks[5:]:
+                x = stage(x)
+            pooled = b.forward_head(b.bn2(b.conv_head(x)), pre_logits=True)
+        return stem, pooled
+
+    def _detect(self, image: Image.Image) -> dict[Kind, Detection] | None:
+        if self.detector is None:
+            return None
+        with self._lock:
+            found = self.detector.detect(image)
+        return {d.kind: d for d in found}
+
+    @torch.inference_mode()
+    def _category_probs(self, pooled: torch.Tensor) -> np.ndarray:
+        """[N, 4] probabilities over top, bottom, full_body, other."""
+        if self.category is not None:
+            with self._lock:
+                return self.category.probabilities(pooled).numpy()
+        with self._lock:
+            probs = self.backbone.get_classifier()(pooled).softmax(-1)
+        top, bottom = probs[:, list(_TOP_CLASSES)].sum(1), probs[:, list(_BOTTOM_CLASSES)].sum(1)
+        total = (top + bottom).clamp(min=1e-6)
+        return torch.stack([top / total, bottom / total, torch.zeros_like(top), torch.zeros_like(top)], 1).numpy()
+
+    def _vectors(self, pooled: torch.Tensor, hists: np.ndarray) -> np.ndarray:
+        if self.embedding_model is not None:
+            with self._lock:
+                return self.embedding_model.embed(pooled, hists)
+        return torch.nn.functional.normalize(pooled, dim=1).numpy().astype(np.float32)
+
+    # ------------------------------------------------------------------ public API
 
     def embed(self, crops: Sequence[Image.Image]) -> np.ndarray:
-        pooled, _ = self._pooled(crops)
-        return torch.nn.functional.normalize(pooled, dim=1).numpy().astype(np.float32)
+        """Appearance embeddings [N, embedding_dim] of garment crops, L2-normalised float32."""
+        if not crops:
+            return np.zeros((0, self.embedding_dim), dtype=np.float32)
+        _, pooled = self._forward(torch.stack([self.squash(c) for c in crops]))
+        return self._vectors(pooled, np.stack([colour_histogram(c) for c in crops]))
 
     def analyze(
         self,
@@ -112,27 +211,115 @@ class VisionPipeline:
         single_garment: bool = False,
         kind_hint: Kind | None = None,
         want_quality: bool = False,
+        with_compat: bool = True,
     ) -> Analysis:
-        """Finds and embeds garments. `single_garment` treats the photo as one garment (a shopper's
-        query); otherwise it is a full look and its top and bottom are located."""
+        """Finds and embeds garments.
+
+        A library look (`single_garment` False) gets its top, bottom and full-body garment where
+        present; `known` boxes replace detection for their kind. A shopper's query photo
+        (`single_garment` True) gets one garment: the detected box of `kind_hint`, or with no hint
+        the top or bottom that the detector and the category head agree on.
+        """
+        image = image.convert("RGB")
         w, h = image.size
-        boxes: list[tuple[Kind, BoxXYXY, float]] = [(k.kind, k.box, 1.0) for k in known]
+        plans = self._plan_query(image, known, kind_hint) if single_garment else self._plan_look(image, known)
+        crops = [crop(image, p.box) for p in plans]
+        inputs = [self.squash(c) for c in crops]
+        quality_row = None
+        if want_quality and self.quality is not None:
+            # The quality heads read the whole photo squashed to 224: one more row of the same batch.
+            quality_row = len(inputs)
+            inputs.append(self.squash(image))
+        stem, pooled = self._forward(torch.stack(inputs))
+        n = len(crops)
+        hists = np.stack([colour_histogram(c) for c in crops])
+        vectors = self._vectors(pooled[:n], hists)
+        probs = self._category_probs(pooled[:n])
         if single_garment:
-            boxes = [(kind_hint or "top", (0.0, 0.0, float(w), float(h)), 1.0)]
-        else:
-            have = {k for k, _, _ in boxes}
-            for kind, (fx0, fy0, fx1, fy1) in _LOOK_RULE.items():
-                if kind not in have:
-                    boxes.append((kind, (fx0 * w, fy0 * h, fx1 * w, fy1 * h), 0.5))
-        crops = [crop(image, box) for _, box, _ in boxes]
-        pooled, logits = self._pooled(crops)
-        vectors = torch.nn.functional.normalize(pooled, dim=1).numpy().astype(np.float32)
-        garments = []
-        for i, (kind, box, confidence) in enumerate(boxes):
-            if single_garment and kind_hint is None:
-                probs = logits[i].softmax(-1)
-                top, bottom = float(probs[list(_TOP_CLASSES)].sum()), float(probs[list(_BOTTOM_CLASSES)].sum())
-                kind = "top" if top >= bottom else "bottom"
-                confidence = max(top, bottom) / max(top + bottom, 1e-6)
-            garments.append(FoundGarment(kind=kind, box=box, confidence=confidence, embedding=vectors[i]))
-        return Analysis(garments=garments, width=w, height=h, model_version=self.model_version)
+            plans, keep = self._resolve_query(plans, probs, kind_hint)
+            crops, vectors, probs = [crops[keep]], vectors[keep:keep + 1], probs[keep:keep + 1]
+            stem = stem[keep:keep + 1]
+        compat = self._compat(crops, stem, plans) if with_compat else [None] * len(plans)
+        garments = [
+            FoundGarment(kind=p.kind, box=p.box, confidence=float(p.confidence), embedding=vectors[i],
+                         compat=compat[i], colors=colour_names(crops[i]),
+                         category={k: float(v) for k, v in zip(_CATEGORY_ORDER, probs[i], strict=True)})
+            for i, p in enumerate(plans)
+        ]
+        analysis = Analysis(garments=garments, width=w, height=h, model_version=self.model_version)
+        if quality_row is not None:
+            verdict = self.quality.score(image, features=pooled[quality_row:quality_row + 1])
+            analysis.quality_score = float(verdict.score)
+            analysis.quality_reasons = list(verdict.reasons)
+        return analysis
+
+    # ------------------------------------------------------------------ planning
+
+    def _plan_look(self, image: Image.Image, known: Sequence[KnownGarment]) -> list[_Plan]:
+        w, h = image.size
+        given = {k.kind: k.box for k in known}
+        detections = None if {"top", "bottom"} <= given.keys() else self._detect(image)
+        plans = []
+        for kind in ("top", "bottom", "full_body"):
+            if kind in given:
+                plans.append(_Plan(kind, given[kind], 1.0))
+            elif detections is not None:
+                found = detections[kind]
+                if found.confidence >= PRESENCE_THRESHOLD:
+                    plans.append(_Plan(kind, found.box, found.confidence))
+            elif kind in _LOOK_RULE and self.detector is None:
+                fx0, fy0, fx1, fy1 = _LOOK_RULE[kind]
+                plans.append(_Plan(kind, (fx0 * w, fy0 * h, fx1 * w, fy1 * h), 0.5))
+        return plans
+
+    def _plan_query(self, image: Image.Image, known: Sequence[KnownGarment], kind_hint: Kind | None) -> list[_Plan]:
+        """Candidate boxes of a shopper's photo; the category head picks among AUTO candidates later."""
+        w, h = image.size
+        whole: BoxXYXY = (0.0, 0.0, float(w), float(h))
+        if known:
+            k = known[0] if kind_hint is None else next((k for k in known if k.kind == kind_hint), known[0])
+            return [_Plan(kind_hint or k.kind, k.box, 1.0, auto=kind_hint is None)]
+        detections = self._detect(image)
+        if detections is None:
+            return [_Plan(kind_hint or "top", whole, 1.0, auto=kind_hint is None)]
+        best = max(detections.values(), key=lambda d: d.confidence)
+        if kind_hint is not None:
+            hinted = detections.get(kind_hint)
+            if hinted is not None and hinted.confidence >= HINT_THRESHOLD:
+                return [_Plan(kind_hint, hinted.box, hinted.confidence)]
+            if best.confidence >= PRESENCE_THRESHOLD:
+                return [_Plan(kind_hint, best.box, best.confidence)]
+            return [_Plan(kind_hint, whole, 1.0 - best.confidence)]
+        present = [detections[k] for k in ("top", "bottom") if detections[k].confidence >= PRESENCE_THRESHOLD]
+        if present:
+            return [_Plan(d.kind, d.box, d.confidence, auto=True) for d in present]
+        if best.confidence >= HINT_THRESHOLD:
+            return [_Plan(best.kind, best.box, best.confidence, auto=True)]
+        return [_Plan("top", whole, 1.0 - best.confidence, auto=True)]
+
+    @staticmethod
+    def _resolve_query(plans: list[_Plan], probs: np.ndarray, kind_hint: Kind | None) -> tuple[list[_Plan], int]:
+        """Picks the one garment of a query photo and, for AUTO, its kind (top or bottom)."""
+        if kind_hint is not None or not plans[0].auto:
+            return plans[:1], 0
+        scores = []
+        for i, p in enumerate(plans):
+            area = max(1.0, (p.box[2] - p.box[0]) * (p.box[3] - p.box[1]))
+            # Where a photo shows a top and a bottom, the garment it is about fills more of it.
+            scores.append(p.confidence * max(probs[i, 0], probs[i, 1]) * area ** 0.5)
+        keep = int(np.argmax(scores))
+        top, bottom = float(probs[keep, 0]), float(probs[keep, 1])
+        kind: Kind = "top" if top >= bottom else "bottom"
+        confidence = max(top, bottom) / max(top + bottom, 1e-6)
+        return [_Plan(kind, plans[keep].box, confidence)], keep
+
+    def _compat(self, crops: list[Image.Image], stem: torch.Tensor, plans: list[_Plan]) -> list[np.ndarray | None]:
+        out: list[np.ndarray | None] = [None] * len(plans)
+        if self.compat is None:
+            return out
+        for i, p in enumerate(plans):
+            if p.kind in ("top", "bottom"):
+                colour = self._compat_colour(crops[i])[None]
+                with self._lock:
+                    out[i] = self.compat.project_features(stem[i:i + 1].numpy(), colour, p.kind)[0]
+        return out
