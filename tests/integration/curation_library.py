@@ -11,6 +11,7 @@ import io
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -33,28 +34,29 @@ class SeedLook:
     bottom_box: tuple[float, float, float, float] | None
 
 
+def _boxes(rec: dict[str, Any]) -> tuple[Any, Any]:
+    """Top and bottom boxes of a team-data record (upper/lower_box_xyxy) or a demo manifest entry (top/bottom_box)."""
+    return rec.get("upper_box_xyxy", rec.get("top_box")), rec.get("lower_box_xyxy", rec.get("bottom_box"))
+
+
 def _real_looks(limit: int) -> list[SeedLook]:
     for folder in LOOK_SOURCES:
         manifest = folder / "looks.json"
         if not manifest.is_file():
             continue
         data = json.loads(manifest.read_text())
-        looks = data.get("looks", data)
+        records = list(data["looks"].values()) if isinstance(data, dict) else list(data)
         found = []
-        for rec in looks.values() if isinstance(looks, dict) else looks:
-            if not isinstance(rec, dict) or "upper_box_xyxy" not in rec or "lower_box_xyxy" not in rec:
+        for rec in records:
+            top, bottom = _boxes(rec) if isinstance(rec, dict) else (None, None)
+            image = folder / str(rec.get("image", "")) if isinstance(rec, dict) else folder
+            if top is None or bottom is None or not image.is_file():
                 continue
-            image = folder / rec["image"]
-            if image.is_file():
-                found.append(
-                    SeedLook(
-                        image,
-                        int(rec.get("width", 0)),
-                        int(rec.get("height", 0)),
-                        tuple(rec["upper_box_xyxy"]),
-                        tuple(rec["lower_box_xyxy"]),
-                    )
-                )  # type: ignore[arg-type]
+            width, height = int(rec.get("width", 0)), int(rec.get("height", 0))
+            if not (width and height):
+                with Image.open(image) as opened:
+                    width, height = opened.size
+            found.append(SeedLook(image, width, height, tuple(top), tuple(bottom)))  # type: ignore[arg-type]
             if len(found) >= limit:
                 return found
     return []
