@@ -81,3 +81,21 @@ def test_concurrent_analyze_is_consistent(pipeline: VisionPipeline) -> None:
         assert [g.kind for g in garments] == [g.kind for g in expected]
         for a, b in zip(garments, expected, strict=True):
             assert np.allclose(a.embedding, b.embedding, atol=1e-4)
+
+
+def test_quality_is_scored_when_asked(pipeline: VisionPipeline) -> None:
+    analysis = pipeline.analyze(_look(), want_quality=True)
+    if pipeline.quality is None:
+        assert analysis.quality_score is None
+    else:
+        assert analysis.quality_score is not None and 0.0 <= analysis.quality_score <= 1.0
+
+
+def test_compat_projection_when_the_model_exists(pipeline: VisionPipeline) -> None:
+    known = [KnownGarment("top", (130, 110, 270, 330)), KnownGarment("bottom", (140, 320, 260, 580))]
+    analysis = pipeline.analyze(_look(), known=known)
+    for garment in analysis.garments:
+        if pipeline.compat_dim:
+            assert garment.compat is not None and garment.compat.shape == (pipeline.compat_dim,)
+        else:
+            assert garment.compat is None
