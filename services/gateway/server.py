@@ -20,6 +20,7 @@ from services.vision.contract import KIND_TO_PROTO, box_to_proto
 from services.vision.server import MissingModelError, NoGarmentError
 from shared.grpc_runtime import add_health_and_reflection, bind, new_server
 from shared.images import ImageRejected
+from shared.look_messages import default_image_url, look_to_proto
 from shared.models.pipeline import Analysis, Kind, KnownGarment
 from shared.settings import Settings
 from shared.store import InvalidLookError, LookRecord, LookStore, StoreError
@@ -65,39 +66,8 @@ class MissingModel(RuntimeError):
 QUERY_HINT: dict[int, Kind] = {outfit_pb2.QUERY_KIND_TOP: "top", outfit_pb2.QUERY_KIND_BOTTOM: "bottom"}
 
 
-def image_uri(settings: Settings, look: LookRecord) -> str:
-    return f"{settings.base_url}/images/{look.image_path}"
-
-
 def crop_uri(settings: Settings, look: LookRecord, kind: str) -> str:
     return f"{settings.base_url}/crops/{look.look_id}/{kind}.jpg"
-
-
-def look_to_proto(settings: Settings, look: LookRecord) -> garment_pb2.Look:
-    message = garment_pb2.Look(
-        look_id=look.look_id,
-        image_uri=image_uri(settings, look),
-        tags=look.tags,
-        colors=sorted(
-            {c for cs in (look.colors.values() if isinstance(look.colors, dict) else [look.colors]) for c in cs}
-        ),
-        source=look.source,
-        attribution=look.attribution,
-        quality_score=look.quality_score,
-        quality_reasons=look.quality_reasons,
-        status=getattr(garment_pb2, f"LOOK_STATUS_{look.status.upper()}"),
-        model_version=look.model_version,
-        version=look.version,
-        width=look.width,
-        height=look.height,
-    )
-    if look.top_box:
-        message.top_box.CopyFrom(box_to_proto(look.top_box))
-    if look.bottom_box:
-        message.bottom_box.CopyFrom(box_to_proto(look.bottom_box))
-    message.created_at.FromNanoseconds(int(look.created_at * 1e9))
-    message.updated_at.FromNanoseconds(int(look.updated_at * 1e9))
-    return message
 
 
 class OutfitServicer(outfit_pb2_grpc.OutfitServiceServicer):
@@ -108,6 +78,7 @@ class OutfitServicer(outfit_pb2_grpc.OutfitServiceServicer):
         self.vision = vision
         self.store = store
         self.matcher = Matcher(settings, store)
+        self.image_url = default_image_url(settings)
         self.executor = executor or ThreadPoolExecutor(max_workers=settings.grpc_workers, thread_name_prefix="gateway")
 
     def _validate(self, request: outfit_pb2.MatchOutfitRequest) -> tuple[int, list[str]]:
@@ -169,7 +140,7 @@ class OutfitServicer(outfit_pb2_grpc.OutfitServiceServicer):
             response.matches.append(
                 outfit_pb2.Match(
                     look_id=c.look.look_id,
-                    image_uri=image_uri(self.settings, c.look),
+                    image_uri=self.image_url(c.look),
                     garment_kind=KIND_TO_PROTO[pair],
                     garment_box=box_to_proto(box),
                     score=c.score,
@@ -233,7 +204,7 @@ class OutfitServicer(outfit_pb2_grpc.OutfitServiceServicer):
                 f"no look {request.look_id} in the library: use a look_id from MatchOutfit",
             )
             raise AssertionError("unreachable: abort raises")
-        return look_to_proto(self.settings, look)
+        return look_to_proto(look, self.image_url)
 
 
 def build_server(settings: Settings, vision: Vision, store: LookStore, port: int | None = None):  # type: ignore[no-untyped-def]
