@@ -29,9 +29,7 @@ def _bare_analyze(files: list[Path], settings: Any) -> float:
     from shared.models.quality import load_quality
 
     torch.set_num_threads(1)
-    analyzer = QualityCheckedAnalyzer(
-        local_analyzer(settings), load_quality(settings.models_dir), limits_of(settings)
-    )
+    analyzer = QualityCheckedAnalyzer(local_analyzer(settings), load_quality(settings.models_dir), limits_of(settings))
     datas = [p.read_bytes() for p in files]
     for data in datas[:2]:  # warm-up: first calls pay for lazy init
         analyzer.analyze_sync(data, want_quality=True)
@@ -56,17 +54,13 @@ def _ingest(files: list[Path], workers: int, workdir: Path, redis_url: str) -> f
     worker = Worker(worker_env(redis_url, data_dir, **settings), workdir / f"worker-{workers}.log").start()
     try:
         worker.wait_ready()
-        library = CeleryLibrary(
-            load_settings(mode="scale-out", redis_url=redis_url, data_dir=data_dir, **settings)
-        )
+        library = CeleryLibrary(load_settings(mode="scale-out", redis_url=redis_url, data_dir=data_dir, **settings))
         started = time.perf_counter()
         job_id = library.start(str(source))
         progress = wait_for(library.jobs, job_id, poll_s=0.1)
         elapsed = time.perf_counter() - started
         if progress.done != len(files):
-            raise click.ClickException(
-                f"the refresh ingested {progress.done} of {len(files)}: see {worker.log_path}"
-            )
+            raise click.ClickException(f"the refresh ingested {progress.done} of {len(files)}: see {worker.log_path}")
         return len(files) / elapsed
     finally:
         worker.stop()

@@ -62,8 +62,7 @@ def _table(metrics: dict[str, Any]) -> str:
     "--labels",
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
     default=None,
-    help="Extra labels, JSONL (e.g. from `lookbook curation export-labels`); format in "
-    "shared/models/quality.py.",
+    help="Extra labels, JSONL (e.g. from `lookbook curation export-labels`); format in shared/models/quality.py.",
 )
 @click.option(
     "--models-dir",
@@ -157,8 +156,7 @@ def train_quality(
     )
     click.echo(_table(result.metrics["val"]))
     click.echo(
-        f"\nwrote {path} (version {version}); evaluate with "
-        f"`lookbook eval quality --data {data_dir} --split val`"
+        f"\nwrote {path} (version {version}); evaluate with `lookbook eval quality --data {data_dir} --split val`"
     )
 
 

@@ -93,9 +93,7 @@ def refresh(source: str, no_wait: bool) -> None:
     try:
         store = open_store(settings)
     except StoreUnavailableError as exc:
-        raise click.ClickException(
-            f"{exc} (in embedded mode, start the import from the editor console)"
-        ) from None
+        raise click.ClickException(f"{exc} (in embedded mode, start the import from the editor console)") from None
     library = EmbeddedLibrary(settings, store=store)
     try:
         try:
