@@ -38,6 +38,9 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         # Redis redelivers a task that was not acknowledged within this time (a lost worker). It must
         # exceed the longest task, or a task that is still running is handed to a second worker.
         "visibility_timeout": int(settings.visibility_timeout_s),
+        # A worker killed while it held the restore mutex would block redelivery for kombu's default
+        # 5 minutes; restoring takes milliseconds, so a minute is ample.
+        "unacked_mutex_expire": 60,
     }
     schedule = {
         f"refresh {source}": {
