@@ -59,8 +59,7 @@ def main(argv: list[str]) -> int:
         )
     else:
         print(
-            f"unknown role {role!r}: use `python -m services.workers` (a worker) or "
-            "`python -m services.workers beat`",
+            f"unknown role {role!r}: use `python -m services.workers` (a worker) or `python -m services.workers beat`",
             file=sys.stderr,
         )
         return 2

@@ -51,9 +51,7 @@ class EmbeddedLibrary:
         )
         # One thread: refreshes queue behind each other, and matching keeps the other cores.
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="library-refresh")
-        log.info(
-            "library tasks run in-process (embedded mode, no Redis)", extra={"mode": settings.mode.value}
-        )
+        log.info("library tasks run in-process (embedded mode, no Redis)", extra={"mode": settings.mode.value})
 
     @property
     def jobs(self) -> JobBoard:
@@ -93,9 +91,7 @@ class EmbeddedLibrary:
                     raise
                 self.jobs.retried(job_id)
                 delay = min(self.settings.retry_backoff_max_s, 2.0**attempt)
-                log.warning(
-                    "transient fault, retrying", extra={"job_id": job_id, "error": str(exc), "delay_s": delay}
-                )
+                log.warning("transient fault, retrying", extra={"job_id": job_id, "error": str(exc), "delay_s": delay})
                 time.sleep(delay)
         return None
 

@@ -95,9 +95,7 @@ class RedisJobBoard:
     def from_url(cls, url: str) -> RedisJobBoard:
         import redis
 
-        return cls(
-            redis.Redis.from_url(url, decode_responses=True, socket_timeout=10, socket_connect_timeout=5)
-        )
+        return cls(redis.Redis.from_url(url, decode_responses=True, socket_timeout=10, socket_connect_timeout=5))
 
     def _key(self, job_id: str, part: str = "") -> str:
         return f"{PREFIX}:job:{job_id}" + (f":{part}" if part else "")
@@ -158,9 +156,7 @@ class RedisJobBoard:
         self.redis.hincrby(self._key(job_id), "retries", 1)
 
     def fail(self, job_id: str, error: str) -> None:
-        self.redis.hset(
-            self._key(job_id), mapping={"state": "failed", "error": error, "updated_at": time.time()}
-        )
+        self.redis.hset(self._key(job_id), mapping={"state": "failed", "error": error, "updated_at": time.time()})
 
     def progress(self, job_id: str) -> JobProgress | None:
         pipe = self.redis.pipeline()

@@ -31,9 +31,7 @@ def redis_server(workdir: Path) -> Iterator[str]:
 
     exe = shutil.which("redis-server")
     if exe is None:
-        raise RuntimeError(
-            "redis-server is not installed: run `bash scripts/ensure_redis.sh` (or `make test`)"
-        )
+        raise RuntimeError("redis-server is not installed: run `bash scripts/ensure_redis.sh` (or `make test`)")
     port = free_port()
     workdir.mkdir(parents=True, exist_ok=True)
     log = (workdir / f"redis-{port}.log").open("w")

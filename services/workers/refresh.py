@@ -107,9 +107,7 @@ def local_analyzer(settings: Settings) -> Any:
     from services.vision.server import LocalVision
     from shared.models.pipeline import VisionPipeline
 
-    return LocalVision(
-        VisionPipeline(settings.models_dir, torch_threads=settings.torch_threads or 1), settings
-    )
+    return LocalVision(VisionPipeline(settings.models_dir, torch_threads=settings.torch_threads or 1), settings)
 
 
 def remote_analyzer(settings: Settings) -> Any:
@@ -196,9 +194,7 @@ class SessionStore:
 
     def existing_ids(self, look_ids: Sequence[str]) -> set[str]:
         with self.access.session() as store:
-            return (
-                store.existing_ids(list(look_ids)) if store.live_version() is not None and look_ids else set()
-            )
+            return store.existing_ids(list(look_ids)) if store.live_version() is not None and look_ids else set()
 
     def upsert(self, points: Sequence[Any], **kwargs: Any) -> int:
         from shared.library import vector_dims
@@ -248,9 +244,7 @@ class LibraryRuntime:
 
     @property
     def looks(self) -> SessionStore:
-        return SessionStore(
-            self.store, lambda: analyzer_dims(self.analyzer), lambda: self.analyzer.model_version
-        )
+        return SessionStore(self.store, lambda: analyzer_dims(self.analyzer), lambda: self.analyzer.model_version)
 
 
 # ------------------------------------------------------------------------------------ refresh
@@ -289,9 +283,7 @@ def plan_refresh(rt: LibraryRuntime, source: str, job_id: str) -> RefreshPlan:
         by_id.setdefault(look_id_for_sha256(hashlib.sha256(data).hexdigest()), item)  # same image twice: once
     existing = rt.looks.existing_ids(list(by_id))
     new = [item for look_id, item in by_id.items() if look_id not in existing]
-    rt.jobs.plan(
-        job_id, [str(i.path) for i in new] + [str(i.path) for i, _ in unreadable], skipped=len(existing)
-    )
+    rt.jobs.plan(job_id, [str(i.path) for i in new] + [str(i.path) for i, _ in unreadable], skipped=len(existing))
     for item, reason in unreadable:
         quarantine(rt, job_id, str(item.path), reason)
     log.info(
@@ -350,9 +342,7 @@ def ingest_looks(rt: LibraryRuntime, items: Sequence[Any], job_id: str) -> list[
             # Vision down or overloaded: the same look will go through later.
             raise TransientError(str(exc)) from exc
         rt.jobs.mark(job_id, path, "done")
-        results.append(
-            IngestResult(path, "exists" if outcome.skipped else "ingested", outcome.look_id, outcome.status)
-        )
+        results.append(IngestResult(path, "exists" if outcome.skipped else "ingested", outcome.look_id, outcome.status))
         if not outcome.skipped:
             log.info(
                 "look ingested",
@@ -406,9 +396,5 @@ def reembed(rt: LibraryRuntime, model_version: str) -> int:
         if store.live_version() == model_version:
             return 0
         if dims is None:
-            raise PermanentError(
-                "re-embedding needs the vision models in the worker: unset LOOKBOOK_VISION_ADDR"
-            )
-        return reembed_library(
-            store, analyzer=analyzer, images_dir=rt.settings.images_dir, dims=vector_dims(dims)
-        )
+            raise PermanentError("re-embedding needs the vision models in the worker: unset LOOKBOOK_VISION_ADDR")
+        return reembed_library(store, analyzer=analyzer, images_dir=rt.settings.images_dir, dims=vector_dims(dims))

@@ -117,9 +117,7 @@ class QualityModel:
         self.weight = torch.as_tensor(state["weight"], dtype=torch.float32)
         self.bias = torch.as_tensor(state["bias"], dtype=torch.float32)
         if state.get("preprocess", PREPROCESS) != PREPROCESS:
-            raise ValueError(
-                f"quality artifact expects preprocessing {state['preprocess']!r}, not {PREPROCESS}"
-            )
+            raise ValueError(f"quality artifact expects preprocessing {state['preprocess']!r}, not {PREPROCESS}")
         self._squash = Squash()
 
     @torch.inference_mode()
@@ -156,9 +154,7 @@ class QualityModel:
         return self.verdict(probs[0])
 
     def score_many(self, images: list[Image.Image]) -> list[QualityVerdict]:
-        probs = self.probabilities(
-            self.backbone_features(images), np.stack([image_stats(im) for im in images])
-        )
+        probs = self.probabilities(self.backbone_features(images), np.stack([image_stats(im) for im in images]))
         return [self.verdict(p) for p in probs]
 
 

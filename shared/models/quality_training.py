@@ -303,9 +303,7 @@ def fit_heads(x: np.ndarray, items: list[Item], *, c: float) -> dict[str, Any]:
     z = (x - mean) / std
     good, reasons, known, weight = _targets(items)
     weights, biases = [], []
-    for column, mask in [(good, np.ones(len(items), bool))] + [
-        (reasons[:, j], known) for j in range(len(REASONS))
-    ]:
+    for column, mask in [(good, np.ones(len(items), bool))] + [(reasons[:, j], known) for j in range(len(REASONS))]:
         head = LogisticRegression(C=c, class_weight="balanced", max_iter=2000, random_state=SEED)
         head.fit(z[mask], column[mask], sample_weight=weight[mask])
         weights.append(head.coef_[0])
@@ -375,9 +373,7 @@ def evaluate(model: QualityModel, items: list[Item], feats: np.ndarray, stats: n
     origins: dict[str, list[int]] = {}
     for i, it in enumerate(items):
         origins.setdefault(f"{it.origin}/{it.degradation}", []).append(i)
-    result["by_origin"] = {
-        k: {"n": len(v), "accepted": float(accepted[v].mean())} for k, v in sorted(origins.items())
-    }
+    result["by_origin"] = {k: {"n": len(v), "accepted": float(accepted[v].mean())} for k, v in sorted(origins.items())}
     return result
 
 
@@ -410,9 +406,7 @@ def train(
     )
     # Validation keeps all five degradations of each look (the hard negatives that set the threshold),
     # and a fixed-seed sample of the easy ones (garment photos, product shots) to bound feature time.
-    val_items = build_items(
-        data_dir, split="val", max_garments=max_val_negatives, max_products=max_val_negatives
-    )
+    val_items = build_items(data_dir, split="val", max_garments=max_val_negatives, max_products=max_val_negatives)
     if labels is not None:
         extra = read_labels(labels)
         train_items += [it for it in extra if it.split == "train"]
@@ -450,6 +444,4 @@ def train(
             out[f"{it.origin}/{it.degradation}"] = out.get(f"{it.origin}/{it.degradation}", 0) + 1
         return out
 
-    return TrainResult(
-        state=state, metrics=metrics, counts={"train": count(train_items), "val": count(val_items)}
-    )
+    return TrainResult(state=state, metrics=metrics, counts={"train": count(train_items), "val": count(val_items)})

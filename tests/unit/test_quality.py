@@ -42,9 +42,7 @@ def test_each_degradation_does_what_its_reason_says(tmp_path: Path) -> None:
     stat = {name: i for i, name in enumerate(STAT_NAMES)}
     for name, (_, reason) in DEGRADATIONS.items():
         assert reason in REASONS
-        item = Item(
-            source="look:x", path=path, origin="look", degradation=name, good=False, reasons=(reason,)
-        )
+        item = Item(source="look:x", path=path, origin="look", degradation=name, good=False, reasons=(reason,))
         image = load_image(item)
         again = load_image(item)
         assert np.array_equal(np.asarray(image), np.asarray(again)), "degradations must be deterministic"
@@ -124,9 +122,7 @@ def test_shipped_model_keeps_a_look_and_rejects_its_dark_and_half_copies() -> No
     if not (DATA / "looks" / "looks.json").is_file():
         pytest.skip("../shared/data is not on this machine")
     looks = json.loads((DATA / "looks" / "looks.json").read_text())["looks"]
-    look_id = next(
-        i for i in sorted(looks) if split_of(f"look:{i}") == "val" and "lower_box_xyxy" in looks[i]
-    )
+    look_id = next(i for i in sorted(looks) if split_of(f"look:{i}") == "val" and "lower_box_xyxy" in looks[i])
     path = DATA / "looks" / looks[look_id]["image"]
     item = Item(source=f"look:{look_id}", path=path, origin="look")
     verdict = model.score(load_image(item))
