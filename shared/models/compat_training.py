@@ -47,10 +47,13 @@ class TrainParams:
     backbone_lr: float = 2e-4
     weight_decay: float = 0.05
     attribute_weight: float = 0.2
+    # Extra negatives per pair: a bottom of the same family as the true one, never paired with the top.
+    hard_negatives: int = 0
     val_fraction: float = 0.2
     split_seed: int = 7
     seed: int = 0
-    views: tuple[int, ...] = (0,)
+    # Original, mirror, and a seeded street-like crop with mild colour jitter (see augmented_view).
+    views: tuple[int, ...] = (0, 1, 2)
     config: CompatConfig = field(
         default_factory=lambda: CompatConfig(hidden=256, trainable=(), stem_stats=True, members=3))
 
@@ -259,6 +262,19 @@ def train_compat(
         optimiser, max_lr=[g["lr"] for g in groups], total_steps=total_steps, pct_start=0.15)
     rng = np.random.default_rng(params.seed)
     labels = {k: torch.from_numpy(v) for k, v in prepared.labels.items()}
+    family_members: dict[int, np.ndarray] = {}
+    train_bottoms = np.unique(pairs[:, 1])
+    for family in np.unique(prepared.labels["family"][train_bottoms]):
+        family_members[int(family)] = train_bottoms[prepared.labels["family"][train_bottoms] == family]
+
+    def hard_bottoms(batch: np.ndarray, present: np.ndarray) -> np.ndarray:
+        picks = []
+        for t, b in batch:
+            same = family_members[int(prepared.labels["family"][b])]
+            for c in rng.choice(same, size=params.hard_negatives):
+                if not is_positive[t, c]:
+                    picks.append(c)
+        return np.setdiff1d(np.array(picks, dtype=np.int64), present)
     val_bench = (build_benchmark(prepared.val_pairs, seed=params.seed, known_pairs=prepared.all_pairs)
                  if prepared.val_pairs else None)
     history: list[dict[str, float]] = []
@@ -273,6 +289,8 @@ def train_compat(
                 continue
             tops, top_pos = np.unique(batch[:, 0], return_inverse=True)
             bottoms, bottom_pos = np.unique(batch[:, 1], return_inverse=True)
+            if params.hard_negatives:
+                bottoms = np.concatenate([bottoms, hard_bottoms(batch, bottoms)])
             outputs = {}
             attribute_loss = torch.zeros(())
             for kind, idx in (("top", tops), ("bottom", bottoms)):

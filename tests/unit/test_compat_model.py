@@ -69,3 +69,17 @@ def test_empty_batch_and_bad_kind(model: CompatModel) -> None:
 
 def test_missing_artifact_gives_none(tmp_path: Path) -> None:
     assert load_compat(tmp_path) is None
+
+
+def test_serving_and_training_paths_agree(model: CompatModel, tmp_path: Path) -> None:
+    """project() on an image equals project_features() on the cached features training and eval use."""
+    from shared.models.compat_features import extract_features
+
+    path = tmp_path / "garment.png"
+    _garments()[0].save(path)
+    features = extract_features([path], (0,), backbone=model.backbone, cache_dir=tmp_path / "cache", progress=False)
+    for kind in ("top", "bottom"):
+        cached = model.project_features(features.stem[0].astype(np.float32), features.colour[0], kind)  # type: ignore[arg-type]
+        direct = model.project([Image.open(path)], kind)  # type: ignore[arg-type]
+        # The cache stores the stem in float16.
+        np.testing.assert_allclose(cached, direct, atol=5e-3)
