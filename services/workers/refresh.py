@@ -8,11 +8,14 @@ tasks (tasks.py) and the embedded runner (embedded.py) both call these.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import fcntl
 import hashlib
 import logging
+import os
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -126,19 +129,29 @@ def analyzer_dims(analyzer: Any) -> tuple[int, int] | None:
 
 # ------------------------------------------------------------------------------------ store
 class StoreAccess:
-    """Opens the look store for a unit of work.
+    """Opens the look store for a unit of work (a session).
 
-    With a Qdrant server (LOOKBOOK_QDRANT_URL) each process keeps one client. Qdrant Edge allows one
-    process per directory, so several worker processes on one host take turns: a unit of work takes
-    a host-wide lock, opens the shard, works and closes it (held=False), while the vision work runs
-    outside the lock. The all-in-one process passes its own open store (held).
+    With a Qdrant server (LOOKBOOK_QDRANT_URL) each process keeps one client, and the all-in-one
+    process passes its own open store (held). Qdrant Edge allows one process per directory and
+    opening plus closing a shard costs most of a second, so worker processes on one host share it by
+    lease: a process takes a host-wide lock and keeps the shard open across sessions until another
+    process asks for it (a want-file beside the lock) or it has been idle for `idle_release_s`; the
+    store is never held while vision works, only while a session reads or writes.
     """
 
-    def __init__(self, settings: Settings, *, store: Any | None = None, held: bool | None = None) -> None:
+    def __init__(
+        self, settings: Settings, *, store: Any | None = None, held: bool | None = None, idle_release_s: float = 2.0
+    ) -> None:
         self.settings = settings
         self._store = store
         self._held = held if held is not None else bool(settings.qdrant_url) or store is not None
         self._lock = threading.Lock()
+        self.idle_release_s = idle_release_s
+        self._lease: tuple[Any, Any] | None = None  # (lock file handle, open store)
+        self._last_used = 0.0
+        self._watcher: threading.Thread | None = None
+        self._wants = settings.data_dir / "store-wants"
+        self._own_want = self._wants / f"{os.getpid()}-{id(self)}.want"
 
     def _open(self) -> Any:
         from shared.store import open_store
@@ -156,22 +169,82 @@ class StoreAccess:
                         self._store = self._open()
                 yield self._store
                 return
-            lock_path = self.settings.data_dir / "store-writer.lock"
-            lock_path.parent.mkdir(parents=True, exist_ok=True)
-            with open(lock_path, "a+") as handle:
-                fcntl.flock(handle, fcntl.LOCK_EX)
-                store = self._open()
+            with self._lock:
+                if self._lease is None:
+                    self._acquire()
+                assert self._lease is not None
                 try:
-                    yield store
+                    yield self._lease[1]
                 finally:
-                    store.close()
+                    self._last_used = time.monotonic()
+                    if self._others_waiting():
+                        self._release()
         except StoreUnavailableError as exc:
             raise TransientError(str(exc)) from None
 
+    def _acquire(self) -> None:
+        self._wants.mkdir(parents=True, exist_ok=True)
+        self._own_want.touch()
+        handle = open(self.settings.data_dir / "store-writer.lock", "a+")  # noqa: SIM115 - held by the lease
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            store = self._open()
+        except BaseException:
+            handle.close()
+            raise
+        finally:
+            self._own_want.unlink(missing_ok=True)
+        self._lease = (handle, store)
+        if self._watcher is None:
+            self._watcher = threading.Thread(target=self._watch, name="store-lease", daemon=True)
+            self._watcher.start()
+            atexit.register(self.close)
+
+    def _release(self) -> None:
+        if self._lease is None:
+            return
+        handle, store = self._lease
+        self._lease = None
+        try:
+            store.close()
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+            handle.close()
+
+    def _others_waiting(self) -> bool:
+        for want in self._wants.glob("*.want"):
+            if want.name == self._own_want.name:
+                continue
+            pid = int(want.name.split("-", 1)[0]) if want.name.split("-", 1)[0].isdigit() else 0
+            try:
+                os.kill(pid, 0)  # a want-file left by a killed process asks for nothing
+            except (ProcessLookupError, ValueError):
+                want.unlink(missing_ok=True)
+                continue
+            except PermissionError:
+                pass
+            return True
+        return False
+
+    def _watch(self) -> None:
+        # Hands the store over when another process asks, or when this one has gone idle.
+        while True:
+            time.sleep(0.2)
+            if not self._lock.acquire(blocking=False):
+                continue
+            try:
+                idle = time.monotonic() - self._last_used > self.idle_release_s
+                if self._lease is not None and (idle or self._others_waiting()):
+                    self._release()
+            finally:
+                self._lock.release()
+
     def close(self) -> None:
-        if self._store is not None and self._held:
-            self._store.close()
-            self._store = None
+        with self._lock:
+            self._release()
+            if self._store is not None and self._held:
+                self._store.close()
+                self._store = None
 
 
 class SessionStore:
@@ -308,42 +381,70 @@ class IngestResult:
     status: str = ""
 
 
-def ingest_looks(rt: LibraryRuntime, items: Sequence[Any], job_id: str) -> list[IngestResult]:
-    """Ingests a chunk of looks with shared.library.ingest_look; idempotent by content id.
+class ChunkBuffer:
+    """The LookStore calls shared.library.ingest_look makes, answered without the store: the chunk's
+    looks are written together, in one store session, once vision has analysed all of them."""
 
-    A bad image (ImageRejected) is quarantined with its reason and never retried. A transient fault
-    (TransientError) propagates for a retry; looks stored before it are skipped on the retry.
+    def __init__(self) -> None:
+        self.points: list[Any] = []
+
+    def get(self, look_id: str) -> Any:
+        return None  # the refresh's plan already left out looks in the library
+
+    def upsert(self, points: Sequence[Any], **_: Any) -> int:
+        self.points.extend(points)
+        return len(points)
+
+
+def ingest_looks(rt: LibraryRuntime, items: Sequence[Any], job_id: str) -> list[IngestResult]:
+    """Ingests a chunk of looks with shared.library.ingest_look, then writes them in one store session.
+
+    Idempotent: the ids come from the image bytes and the store merges a re-import, and looks this
+    job already stored are skipped, so a retried or redelivered chunk writes nothing twice. A bad
+    image is quarantined with its reason and never retried. A transient fault (TransientError)
+    stores what was analysed, then propagates for a retry.
     """
     from services.vision.client import VisionUnavailableError
     from shared.images import ImageRejected
     from shared.library import ingest_look
 
-    results = []
-    for item in items:
-        path = str(item.path)
-        if (reason := undecodable(item.path, limits_of(rt.settings))) is not None:
-            quarantine(rt, job_id, path, reason)
-            results.append(IngestResult(path, "quarantined"))
-            continue
-        try:
-            outcome = ingest_look(
-                item,
-                analyzer=rt.analyzer,
-                store=rt.looks,  # type: ignore[arg-type]
-                images_dir=rt.settings.images_dir,
-                auto_approve_quality=rt.settings.auto_approve_quality,
-                max_image_bytes=rt.settings.max_image_bytes,
-            )
-        except ImageRejected as exc:
-            quarantine(rt, job_id, path, str(exc))
-            results.append(IngestResult(path, "quarantined"))
-            continue
-        except (VisionUnavailableError, TimeoutError) as exc:
-            # Vision down or overloaded: the same look will go through later.
-            raise TransientError(str(exc)) from exc
-        rt.jobs.mark(job_id, path, "done")
-        results.append(IngestResult(path, "exists" if outcome.skipped else "ingested", outcome.look_id, outcome.status))
-        if not outcome.skipped:
+    results: list[IngestResult] = []
+    buffer = ChunkBuffer()
+    analysed: list[tuple[str, Any]] = []
+    try:
+        for item in items:
+            path = str(item.path)
+            if rt.jobs.outcome_of(job_id, path) == "done":
+                results.append(IngestResult(path, "exists"))
+                continue
+            if (reason := undecodable(item.path, limits_of(rt.settings))) is not None:
+                quarantine(rt, job_id, path, reason)
+                results.append(IngestResult(path, "quarantined"))
+                continue
+            try:
+                outcome = ingest_look(
+                    item,
+                    analyzer=rt.analyzer,
+                    store=buffer,  # type: ignore[arg-type]
+                    images_dir=rt.settings.images_dir,
+                    auto_approve_quality=rt.settings.auto_approve_quality,
+                    max_image_bytes=rt.settings.max_image_bytes,
+                    skip_existing=False,
+                )
+            except ImageRejected as exc:
+                quarantine(rt, job_id, path, str(exc))
+                results.append(IngestResult(path, "quarantined"))
+                continue
+            except (VisionUnavailableError, TimeoutError) as exc:
+                # Vision down or overloaded: the same look will go through later.
+                raise TransientError(str(exc)) from exc
+            analysed.append((path, outcome))
+    finally:
+        if buffer.points:
+            rt.looks.upsert(buffer.points)
+        for path, outcome in analysed:
+            rt.jobs.mark(job_id, path, "done")
+            results.append(IngestResult(path, "ingested", outcome.look_id, outcome.status))
             log.info(
                 "look ingested",
                 extra={

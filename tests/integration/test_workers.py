@@ -22,8 +22,9 @@ import redis
 from services.workers.embedded import CeleryLibrary
 from services.workers.jobs import JobProgress
 from services.workers.local_cluster import REPO, Worker, free_port, redis_server, worker_env
+from services.workers.refresh import StoreAccess
 from shared.settings import load_settings
-from shared.store import look_id_for, open_store
+from shared.store import look_id_for
 
 pytestmark = pytest.mark.integration
 
@@ -78,22 +79,26 @@ def wait_job(library: CeleryLibrary, job_id: str, until: Any = None, worker: Wor
 
 
 def library_ids(data_dir: Path) -> tuple[int, list[str], dict[str, int]]:
-    """Count, ids and statuses of the live library, read straight from the store on disk."""
-    store = open_store(load_settings(data_dir=data_dir))
+    """Count, ids and statuses of the live library, read from the store on disk (asking the workers'
+    store lease for it, as any process beside them must)."""
+    access = StoreAccess(load_settings(data_dir=data_dir), held=False)
     try:
-        ids: list[str] = []
-        statuses: dict[str, int] = {}
-        cursor = None
-        while True:
-            page = store.scroll(cursor=cursor, limit=256)
-            ids += [look.look_id for look in page.looks]
-            for look in page.looks:
-                statuses[look.status] = statuses.get(look.status, 0) + 1
-            if (cursor := page.next_cursor) is None:
-                break
-        return store.count(), ids, statuses
+        with access.session() as store:
+            ids: list[str] = []
+            statuses: dict[str, int] = {}
+            cursor = None
+            while True:
+                page = store.scroll(cursor=cursor, limit=256)
+                ids += [look.look_id for look in page.looks]
+                for look in page.looks:
+                    statuses[look.status] = statuses.get(look.status, 0) + 1
+                if (cursor := page.next_cursor) is None:
+                    break
+            scores = [look.quality_score for look in store.get_many(ids)]
+            assert all(0.0 < q <= 1.0 for q in scores), "every stored look carries the quality filter's score"
+            return store.count(), ids, statuses
     finally:
-        store.close()
+        access.close()
 
 
 def start_worker(redis_url: str, data_dir: Path, log: Path, **settings: Any) -> Worker:
@@ -120,12 +125,6 @@ def test_refresh_stores_every_look_and_a_second_refresh_changes_nothing(
         count, ids, statuses = library_ids(data_dir)
         assert count == 12 and set(ids) == expected_ids(looks_dir)
         assert set(statuses) <= {"pending", "approved", "rejected"}
-        # Every stored look carries the quality filter's verdict.
-        store = open_store(load_settings(data_dir=data_dir))
-        try:
-            assert all(look.quality_score > 0 for look in store.get_many(ids))
-        finally:
-            store.close()
 
         second = wait_job(library, library.start(str(looks_dir)), worker=worker)
         assert (second.state, second.total, second.done, second.skipped) == ("succeeded", 0, 0, 12)
