@@ -134,12 +134,13 @@ def train_compat_command(
             figures[name] = evaluate_scorer(bench, scorer)
         metrics["val"] = {k: {m: round(v, 4) for m, v in row.items()} for k, row in figures.items()}
         click.echo(table(figures))
-    params_record = {**asdict(params), "views": list(params.views)}
+    # The config as trained (with the attribute vocabularies' sizes), not the default it started from.
+    params_record = {**asdict(params), "views": list(params.views), "config": asdict(result.net.config)}
     path = save_artifact(
         MODEL_NAME,
         result.net.serving_state(backbone),
         version=version,
-        training_data=training_manifest_data(data, params, prepared, Path.cwd()),
+        training_data=training_manifest_data(data, params, prepared),
         params=params_record,
         metrics=metrics,
         models_dir=_models_dir(models_dir),

@@ -117,9 +117,11 @@ class CompatNet(nn.Module):
 
     def pooled(self, x5: torch.Tensor) -> torch.Tensor:
         """Stage-5 output [N, 192, h, w] -> the (fine-tuned) 1280-d pooled feature."""
-        x = self.tail["blocks_6"](x5)
-        x = self.tail["bn2"](self.tail["conv_head"](x))
-        return x.mean(dim=(2, 3))
+        return self.pooled_from_stage6(self.tail["blocks_6"](x5))
+
+    def pooled_from_stage6(self, x6: torch.Tensor) -> torch.Tensor:
+        """Stage-6 output [N, 320, h, w] -> the pooled 1280-d feature through the (fine-tuned) head conv."""
+        return self.tail["bn2"](self.tail["conv_head"](x6)).mean(dim=(2, 3))
 
     def head_input(self, pooled: torch.Tensor, colour: torch.Tensor, stats: torch.Tensor | None) -> torch.Tensor:
         parts = [pooled]

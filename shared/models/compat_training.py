@@ -13,7 +13,6 @@ import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -72,6 +71,7 @@ class PreparedData:
     val_pairs: list[tuple[str, str]]
     all_pairs: list[tuple[str, str]]
     x5: np.ndarray | None = None  # frozen stage-5 maps, filled by stage5_maps()
+    x6: np.ndarray | None = None  # frozen stage-6 maps, filled by stage6_maps()
     stats: np.ndarray | None = None  # feature-map statistics [V, N, S], filled by map_stats()
 
 
@@ -154,6 +154,20 @@ def stage5_maps(prepared: PreparedData, backbone: nn.Module, batch: int = 128) -
     return prepared.x5
 
 
+def stage6_maps(prepared: PreparedData, backbone: nn.Module, batch: int = 128) -> np.ndarray:
+    """Output of the frozen backbone stage 6 for every garment and view, float16 [V, N, 320, 7, 7] (in memory)."""
+    if prepared.x6 is None:
+        x5 = stage5_maps(prepared, backbone)
+        stage = backbone.blocks[6]
+        with torch.inference_mode():
+            prepared.x6 = np.stack([
+                np.concatenate([stage(torch.from_numpy(x5[vi, s:s + batch].astype(np.float32))).half().numpy()
+                                for s in range(0, x5.shape[1], batch)])
+                for vi in range(x5.shape[0])
+            ])
+    return prepared.x6
+
+
 def map_stats(prepared: PreparedData, net: CompatNet, backbone: nn.Module, batch: int = 512) -> np.ndarray | None:
     """The feature-map statistics the model's config asks for, per garment and view, float32 [V, N, S]."""
     if not config_stats_dim(net.config):
@@ -179,6 +193,10 @@ def map_stats(prepared: PreparedData, net: CompatNet, backbone: nn.Module, batch
 
 def pooled_features(net: CompatNet, prepared: PreparedData, view_index: np.ndarray, idx: np.ndarray) -> torch.Tensor:
     """The 1280-d pooled feature of garments `idx` under views `view_index`: cached when the tail is frozen."""
+    if net.config.trainable and "blocks.6" not in net.config.trainable:
+        if prepared.x6 is None:
+            raise ValueError("stage6_maps() must run before fine-tuning the head conv")
+        return net.pooled_from_stage6(torch.from_numpy(prepared.x6[view_index, idx].astype(np.float32)))
     if net.config.trainable:
         if prepared.x5 is None:
             raise ValueError("stage5_maps() must run before training a fine-tuned tail")
@@ -246,6 +264,8 @@ def train_compat(
         raise ValueError("fine-tuning blocks.5 is not supported: its output is precomputed")
     if config.trainable:
         stage5_maps(prepared, backbone)
+        if "blocks.6" not in config.trainable:
+            stage6_maps(prepared, backbone)
 
     backbone_params = [p for p in net.tail.parameters() if p.requires_grad]
     head_params = [*net.heads.parameters(), *net.attribute_heads.parameters(), net.logit_scale]
@@ -386,10 +406,10 @@ def model_pair_scorer(vectors: dict[str, np.ndarray]) -> Callable[[Sequence[str]
     return pair_scorer(vectors)
 
 
-def training_manifest_data(data: OutfitData, params: TrainParams, prepared: PreparedData, root: Path
-                           ) -> dict[str, Any]:
+def training_manifest_data(data: OutfitData, params: TrainParams, prepared: PreparedData) -> dict[str, Any]:
+    """The manifest's record of what the model was trained on, enough to rebuild the split."""
     return {
-        "outfits_dir": str(data.root),
+        "outfits_dir": str(data.root.resolve()),
         "outfits_csv_sha256": data.outfits_sha256,
         "outfits": data.outfit_count,
         "pairs": len(data.pairs),
@@ -397,6 +417,7 @@ def training_manifest_data(data: OutfitData, params: TrainParams, prepared: Prep
         "val_pairs": len(prepared.val_pairs),
         "tops": len(data.tops),
         "bottoms": len(data.bottoms),
+        "images": len(prepared.items),
+        "views": list(prepared.features.views),
         "split": {"by": "top", "val_fraction": params.val_fraction, "seed": params.split_seed},
-        "repo": str(root),
     }
