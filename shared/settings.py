@@ -74,9 +74,10 @@ class Settings(BaseSettings):
         pattern="^(weighted|rrf)$",
         description="How BLEND fuses the two paths: weighted (normalised scores) or rrf (Qdrant prefetch + RRF).",
     )
-    compat_weight: float = Field(0.5, ge=0.0, le=1.0, description="Weight of the compatibility path in BLEND.")
+    # Both chosen by `lookbook eval blend` (README, Measured figures).
+    compat_weight: float = Field(0.3, ge=0.0, le=1.0, description="Weight of the compatibility path in BLEND.")
     diversity: float = Field(
-        0.0, ge=0.0, le=1.0, description="MMR diversity of the returned garments; 0 keeps the plain ranking."
+        0.3, ge=0.0, le=1.0, description="MMR diversity of the returned garments; 0 keeps the plain ranking."
     )
     detect_min_confidence: float = Field(0.3, ge=0.0, le=1.0, description="Garments below this are not found.")
 

@@ -66,10 +66,32 @@ def _relevant(look: Any, kind: str, truth: Truth, labels_of: dict[str, dict[str,
 )
 @click.option("--held-out", type=float, default=0.2, show_default=True, help="Share of looks held out as queries.")
 @click.option("--seed", type=int, default=7, show_default=True)
-@click.option("--diversity", type=float, default=0.3, show_default=True, help="MMR diversity for the *_mmr rows.")
+@click.option(
+    "--diversity",
+    "diversities",
+    type=click.FloatRange(0.0, 1.0),
+    multiple=True,
+    help="MMR diversity for the *_mmr rows; repeat to compare several [default: 0.3].",
+)
+@click.option(
+    "--compat-weight",
+    "compat_weights",
+    type=click.FloatRange(0.0, 1.0),
+    multiple=True,
+    help="Blend weight of the compatibility path; repeat to compare several in one run "
+    "[default: LOOKBOOK_COMPAT_WEIGHT].",
+)
 @click.option("--json", "json_out", type=click.Path(dir_okay=False, path_type=Path), default=None)
-def blend_eval(data_dir: Path, held_out: float, seed: int, diversity: float, json_out: Path | None) -> None:
+def blend_eval(
+    data_dir: Path,
+    held_out: float,
+    seed: int,
+    diversities: tuple[float, ...],
+    compat_weights: tuple[float, ...],
+    json_out: Path | None,
+) -> None:
     """Recall@10, precision@10 and diversity of each ranking path and blend on held-out look pairs."""
+    diversities = diversities or (0.3,)
     from tqdm import tqdm
 
     from services.gateway.ranking import Matcher
@@ -118,8 +140,19 @@ def blend_eval(data_dir: Path, held_out: float, seed: int, diversity: float, jso
                 progress=lambda _: bar.update(),
             )
         labels_of = {look_id_for(i.path.read_bytes()): labels_of_item[str(i.path)] for i in library}
-        matcher = Matcher(settings, store)
-        tallies = {name: {"recall": 0.0, "precision": 0.0, "diversity": 0.0, "n": 0} for name, *_ in CONFIGS}
+        weights = compat_weights or (settings.compat_weight,)
+        # One row per configuration; blends once per weight (suffixed when several are compared).
+        rows: list[tuple[str, Path_, str, float, Matcher]] = []
+        for weight in weights:
+            matcher = Matcher(settings.model_copy(update={"compat_weight": weight}), store)
+            for name, path, fusion, div in CONFIGS:
+                if path != "blend" and weight != weights[0]:
+                    continue
+                label = f"{name}@{weight:g}" if path == "blend" and len(weights) > 1 else name
+                for d in diversities if div < 0 else (div,):
+                    suffix = f"/{d:g}" if div < 0 and len(diversities) > 1 else ""
+                    rows.append((label + suffix, path, fusion, d, matcher))
+        tallies = {row[0]: {"recall": 0.0, "precision": 0.0, "diversity": 0.0, "n": 0} for row in rows}
         for item in tqdm(queries, desc="held-out queries", unit="look", file=sys.stderr):
             crops = {known.kind: crop_jpeg(item.path, known.box) for known in item.known}
             for kind, pair in (("top", "bottom"), ("bottom", "top")):
@@ -130,7 +163,7 @@ def blend_eval(data_dir: Path, held_out: float, seed: int, diversity: float, jso
                 truth = Truth(
                     labels_of_item[str(item.path)][pair], truth_garment.colors[0] if truth_garment.colors else ""
                 )
-                for name, path, fusion, div in CONFIGS:
+                for name, path, fusion, div, matcher in rows:
                     found = matcher.candidates(
                         query.kind,
                         query.embedding,
@@ -138,7 +171,7 @@ def blend_eval(data_dir: Path, held_out: float, seed: int, diversity: float, jso
                         path=path,
                         tags=(),
                         limit=10,  # type: ignore[arg-type]
-                        diversity=diversity if div < 0 else div,
+                        diversity=div,
                         fusion=fusion,
                     )
                     hits = [_relevant(c.look, pair, truth, labels_of) for c in found]
@@ -155,13 +188,16 @@ def blend_eval(data_dir: Path, held_out: float, seed: int, diversity: float, jso
     click.echo(
         f"held-out looks {len(queries)} (x2 queries), library {len(library)}, seed {seed}, model {vision.model_version}"
     )
-    click.echo(f"{'ranking':<22}{'recall@10':>10}{'prec@10':>9}{'diversity':>10}")
+    click.echo(
+        f"compat weight {', '.join(f'{w:g}' for w in weights)}; "
+        f"MMR diversity of the *_mmr rows {', '.join(f'{d:g}' for d in diversities)}"
+    )
+    click.echo(f"{'ranking':<28}{'recall@10':>10}{'prec@10':>9}{'diversity':>10}")
     for name, f in figures.items():
-        click.echo(f"{name:<22}{f['recall']:>10.3f}{f['precision']:>9.3f}{f['diversity']:>10.3f}")
+        click.echo(f"{name:<28}{f['recall']:>10.3f}{f['precision']:>9.3f}{f['diversity']:>10.3f}")
     if json_out:
-        json_out.write_text(
-            json.dumps({"seed": seed, "model_version": vision.model_version, "figures": figures}, indent=2)
-        )
+        record = {"seed": seed, "model_version": vision.model_version, "compat_weights": list(weights)}
+        json_out.write_text(json.dumps({**record, "diversity": list(diversities), "figures": figures}, indent=2))
 
 
 def register(main: click.Group) -> None:

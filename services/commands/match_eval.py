@@ -27,13 +27,21 @@ from services.commands.common import fail, settings_or_exit
 )
 @click.option("--limit", type=int, default=0, help="Evaluate only the first N looks with both boxes (0: all).")
 @click.option(
+    "--path",
+    "ranking_path",
+    type=click.Choice(["look-alike", "blend", "compatibility"]),
+    default="look-alike",
+    show_default=True,
+    help="Ranking path asked for (blend is what the app gets by default).",
+)
+@click.option(
     "--json",
     "json_out",
     type=click.Path(dir_okay=False, path_type=Path),
     default=None,
     help="Also write the figures as JSON here.",
 )
-def match_eval(data_dir: Path, limit: int, json_out: Path | None) -> None:
+def match_eval(data_dir: Path, limit: int, ranking_path: str, json_out: Path | None) -> None:
     """Self-retrieval: each look's top crop should return that look's bottom at rank 1 (and vice versa)."""
     from tqdm import tqdm
 
@@ -49,8 +57,8 @@ def match_eval(data_dir: Path, limit: int, json_out: Path | None) -> None:
         fail(f"{data_dir} has no looks with both a top and a bottom box")
     with tempfile.TemporaryDirectory(prefix="lookbook-eval-") as tmp:
         settings = settings_or_exit(data_dir=Path(tmp), auto_approve_quality=0.0, min_quality=0.0)
-        figures = _run(settings, items, tqdm)
-    click.echo(f"looks evaluated      {figures['looks']}")
+        figures = _run(settings, items, tqdm, ranking_path)
+    click.echo(f"looks evaluated      {figures['looks']}   path {figures['path']}")
     click.echo(f"{'query':<22}{'rank-1 own pair':>16}{'in top 10':>12}")
     for name in ("top_auto", "top_given", "bottom_auto", "bottom_given"):
         f = figures[name]
@@ -60,7 +68,7 @@ def match_eval(data_dir: Path, limit: int, json_out: Path | None) -> None:
         json_out.write_text(json.dumps(figures, indent=2))
 
 
-def _run(settings, items, tqdm):  # type: ignore[no-untyped-def]
+def _run(settings, items, tqdm, ranking_path: str = "look-alike"):  # type: ignore[no-untyped-def]
     import asyncio
     from dataclasses import replace
 
@@ -71,6 +79,8 @@ def _run(settings, items, tqdm):  # type: ignore[no-untyped-def]
     from shared.images import crop_jpeg
     from shared.library import import_looks
     from shared.store import look_id_for
+
+    path = outfit_pb2.RankingPath.Value("RANKING_PATH_" + ranking_path.upper().replace("-", "_"))
 
     async def main() -> dict:
         running = await start(settings, "gateway", import_demo=False, random_ports=True)
@@ -103,7 +113,7 @@ def _run(settings, items, tqdm):  # type: ignore[no-untyped-def]
                                     image=data,
                                     kind=outfit_pb2.QueryKind.Value(f"QUERY_KIND_{kind}"),
                                     limit=10,
-                                    path=outfit_pb2.RANKING_PATH_LOOK_ALIKE,
+                                    path=path,
                                 ),
                                 timeout=60,
                             )
@@ -114,6 +124,7 @@ def _run(settings, items, tqdm):  # type: ignore[no-untyped-def]
             n = len(items)
             return {
                 "looks": n,
+                "path": ranking_path,
                 "model_version": store.live_version(),
                 **{k: {"rank1": v[0] / n, "top10": v[1] / n} for k, v in hits.items()},
             }
