@@ -230,23 +230,27 @@ class VisionPipeline:
             # The quality heads read the whole photo squashed to 224: one more row of the same batch.
             quality_row = len(inputs)
             inputs.append(self.squash(image))
+        analysis = Analysis(garments=[], width=w, height=h, model_version=self.model_version)
+        if not inputs:
+            # A look photo in which no garment reaches the presence threshold (and no quality asked).
+            return analysis
         stem, pooled = self._forward(torch.stack(inputs))
         n = len(crops)
-        hists = np.stack([colour_histogram(c) for c in crops])
-        vectors = self._vectors(pooled[:n], hists)
-        probs = self._category_probs(pooled[:n])
-        if single_garment:
-            plans, keep = self._resolve_query(plans, probs, kind_hint)
-            crops, vectors, probs = [crops[keep]], vectors[keep:keep + 1], probs[keep:keep + 1]
-            stem = stem[keep:keep + 1]
-        compat = self._compat(crops, stem, plans) if with_compat else [None] * len(plans)
-        garments = [
-            FoundGarment(kind=p.kind, box=p.box, confidence=float(p.confidence), embedding=vectors[i],
-                         compat=compat[i], colors=colour_names(crops[i]),
-                         category={k: float(v) for k, v in zip(_CATEGORY_ORDER, probs[i], strict=True)})
-            for i, p in enumerate(plans)
-        ]
-        analysis = Analysis(garments=garments, width=w, height=h, model_version=self.model_version)
+        if n:
+            hists = np.stack([colour_histogram(c) for c in crops])
+            vectors = self._vectors(pooled[:n], hists)
+            probs = self._category_probs(pooled[:n])
+            if single_garment:
+                plans, keep = self._resolve_query(plans, probs, kind_hint)
+                crops, vectors, probs = [crops[keep]], vectors[keep:keep + 1], probs[keep:keep + 1]
+                stem = stem[keep:keep + 1]
+            compat = self._compat(crops, stem, plans) if with_compat else [None] * len(plans)
+            analysis.garments = [
+                FoundGarment(kind=p.kind, box=p.box, confidence=float(p.confidence), embedding=vectors[i],
+                             compat=compat[i], colors=colour_names(crops[i]),
+                             category={k: float(v) for k, v in zip(_CATEGORY_ORDER, probs[i], strict=True)})
+                for i, p in enumerate(plans)
+            ]
         if quality_row is not None:
             verdict = self.quality.score(image, features=pooled[quality_row:quality_row + 1])
             analysis.quality_score = float(verdict.score)

@@ -99,3 +99,18 @@ def test_compat_projection_when_the_model_exists(pipeline: VisionPipeline) -> No
             assert garment.compat is not None and garment.compat.shape == (pipeline.compat_dim,)
         else:
             assert garment.compat is None
+
+
+@pytest.mark.parametrize("want_quality", [False, True])
+def test_look_with_no_garment_found_gives_an_empty_analysis(
+    pipeline: VisionPipeline, monkeypatch: pytest.MonkeyPatch, want_quality: bool
+) -> None:
+    """A photo where the detector finds nothing above the presence threshold must not crash."""
+    from shared.models.detector import Detection
+
+    nothing = {k: Detection(k, (0.0, 0.0, 10.0, 10.0), 0.01) for k in ("top", "bottom", "full_body")}
+    monkeypatch.setattr(pipeline, "_detect", lambda image: nothing)
+    analysis = pipeline.analyze(Image.new("RGB", (300, 300), (128, 128, 128)), want_quality=want_quality)
+    assert analysis.garments == []
+    assert (analysis.width, analysis.height) == (300, 300)
+    assert (analysis.quality_score is not None) == (want_quality and pipeline.quality is not None)
