@@ -16,6 +16,8 @@ import grpc
 
 from services.commands.common import api_metadata, fail, gateway_channel, settings_or_exit
 
+MIN_SIDE = 64
+
 
 def query_photos(data_dir: Path, count: int) -> list[bytes]:
     """Top and bottom crops cut from the annotated looks of DIR, as JPEG bytes (shopper-like queries)."""
@@ -30,7 +32,12 @@ def query_photos(data_dir: Path, count: int) -> list[bytes]:
         fail(str(exc))
     photos: list[bytes] = []
     for item in items:
-        photos.extend(crop_jpeg(item.path, known.box) for known in item.known)
+        # Boxes under MIN_SIDE px would be refused as invalid input; they are not shopper photos.
+        photos.extend(
+            crop_jpeg(item.path, known.box)
+            for known in item.known
+            if min(known.box[2] - known.box[0], known.box[3] - known.box[1]) >= MIN_SIDE
+        )
         if len(photos) >= count:
             break
     if not photos:

@@ -96,9 +96,11 @@ class Matcher:
         chosen_diversity = self.settings.diversity if diversity is None else diversity
         vectors = chosen_diversity > 0
         found: dict[str, Candidate] = {}
-        alike_hits = self._search(kind, embedding, pool, tags, vectors) if use_alike else []
+        # Diversity needs the returned garments' appearance vectors, and only those.
+        wanted: tuple[str, ...] = (pair,) if vectors else ()
+        alike_hits = self._search(kind, embedding, pool, tags, wanted) if use_alike else []
         compat_hits = (
-            self._search(f"{pair}_compat", compat, pool, tags, vectors) if use_compat and compat is not None else []
+            self._search(f"{pair}_compat", compat, pool, tags, wanted) if use_compat and compat is not None else []
         )
         for hits, attribute in ((alike_hits, "look_alike"), (compat_hits, "compatibility")):
             for hit in hits:
@@ -152,7 +154,7 @@ class Matcher:
             c.score = (1.0 - weight) * alike.get(look_id, 0.0) + weight * compatible.get(look_id, 0.0)
 
     def _search(
-        self, vector: str, query: Sequence[float] | np.ndarray, pool: int, tags: Sequence[str], vectors: bool
+        self, vector: str, query: Sequence[float] | np.ndarray, pool: int, tags: Sequence[str], vectors: tuple[str, ...]
     ) -> list[ScoredLook]:
         return self.store.search(
             vector,

@@ -143,11 +143,13 @@ class CompatNet(nn.Module):
         outputs = self.member_outputs(self.head_input(pooled, colour, stats), kind)
         return torch.cat([z for z, _ in outputs], dim=1) / math.sqrt(len(outputs))
 
-    def statistics(self, stem: torch.Tensor, x5: torch.Tensor) -> torch.Tensor | None:
+    def statistics(self, stem: torch.Tensor, x5: torch.Tensor | None) -> torch.Tensor | None:
         parts = []
         if self.config.stem_stats:
             parts.append(map_statistics(stem))
         if self.config.stage5_stats:
+            if x5 is None:
+                raise ValueError("this model needs the stage-5 statistics")
             parts.append(map_statistics(x5))
         return torch.cat(parts, dim=1) if parts else None
 
@@ -226,6 +228,22 @@ class CompatModel:
         with torch.inference_mode():
             vectors = self.net.forward_stem(torch.as_tensor(stem, dtype=torch.float32),
                                             torch.as_tensor(colour, dtype=torch.float32), kind)
+        return vectors.numpy().astype(np.float32)
+
+    @property
+    def reuses_backbone_pool(self) -> bool:
+        """True when the model's tail is the frozen backbone's own (nothing fine-tuned, no stage-5
+        statistics): the pooled feature of the pipeline's shared forward is then exactly the tail's."""
+        return not self.net.config.trainable and not self.net.config.stage5_stats
+
+    def project_pooled(self, stem: torch.Tensor, pooled: torch.Tensor, colour: np.ndarray, kind: Kind) -> np.ndarray:
+        """The projection from the shared forward's stem maps and pooled feature, without re-running the tail.
+        Only for models where `reuses_backbone_pool` holds."""
+        if not self.reuses_backbone_pool:
+            raise ValueError("this compatibility model fine-tunes the backbone tail: use project_features")
+        with torch.inference_mode():
+            stats = self.net.statistics(stem, None)  # stage-5 statistics are off
+            vectors = self.net.embed(pooled, torch.as_tensor(colour, dtype=torch.float32), stats, kind)
         return vectors.numpy().astype(np.float32)
 
     def score_matrix(self, top_vecs: np.ndarray, bottom_vecs: np.ndarray) -> np.ndarray:

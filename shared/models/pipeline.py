@@ -243,8 +243,8 @@ class VisionPipeline:
             if single_garment:
                 plans, keep = self._resolve_query(plans, probs, kind_hint)
                 crops, vectors, probs = [crops[keep]], vectors[keep:keep + 1], probs[keep:keep + 1]
-                stem = stem[keep:keep + 1]
-            compat = self._compat(crops, stem, plans) if with_compat else [None] * len(plans)
+                stem, pooled = stem[keep:keep + 1], pooled[keep:keep + 1]
+            compat = self._compat(crops, stem, pooled[: len(plans)], plans) if with_compat else [None] * len(plans)
             analysis.garments = [
                 FoundGarment(kind=p.kind, box=p.box, confidence=float(p.confidence), embedding=vectors[i],
                              compat=compat[i], colors=colour_names(crops[i]),
@@ -317,13 +317,19 @@ class VisionPipeline:
         confidence = max(top, bottom) / max(top + bottom, 1e-6)
         return [_Plan(kind, plans[keep].box, confidence)], keep
 
-    def _compat(self, crops: list[Image.Image], stem: torch.Tensor, plans: list[_Plan]) -> list[np.ndarray | None]:
+    def _compat(
+        self, crops: list[Image.Image], stem: torch.Tensor, pooled: torch.Tensor, plans: list[_Plan]
+    ) -> list[np.ndarray | None]:
         out: list[np.ndarray | None] = [None] * len(plans)
         if self.compat is None:
             return out
+        reuse = self.compat.reuses_backbone_pool
         for i, p in enumerate(plans):
             if p.kind in ("top", "bottom"):
                 colour = self._compat_colour(crops[i])[None]
                 with self._lock:
-                    out[i] = self.compat.project_features(stem[i:i + 1].numpy(), colour, p.kind)[0]
+                    if reuse:  # the tail is the backbone's own: its pooled feature is already computed
+                        out[i] = self.compat.project_pooled(stem[i:i + 1], pooled[i:i + 1], colour, p.kind)[0]
+                    else:
+                        out[i] = self.compat.project_features(stem[i:i + 1].numpy(), colour, p.kind)[0]
         return out

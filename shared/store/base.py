@@ -66,7 +66,8 @@ class QuerySpec:
     mmr: Mmr | None = None
     exact: bool = False
     hnsw_ef: int | None = None
-    with_vectors: bool = False
+    # True: every named vector; a tuple of names: only those (less to transfer and convert).
+    with_vectors: bool | tuple[str, ...] = False
 
 
 class LookStoreBase(ABC):
@@ -373,7 +374,7 @@ class LookStoreBase(ABC):
         tags: Sequence[str] = (),
         sources: Sequence[str] = (),
         min_quality: float = 0.0,
-        with_vectors: bool = False,
+        with_vectors: bool | Sequence[str] = False,
         exact: bool = False,
         mmr: Mmr | None = None,
         hnsw_ef: int | None = None,
@@ -395,7 +396,7 @@ class LookStoreBase(ABC):
             mmr=mmr,
             exact=exact,
             hnsw_ef=hnsw_ef,
-            with_vectors=with_vectors,
+            with_vectors=_vector_selection(with_vectors),
         )
         return self._scored(self._query(version, spec))
 
@@ -412,7 +413,7 @@ class LookStoreBase(ABC):
         tags: Sequence[str] = (),
         sources: Sequence[str] = (),
         min_quality: float = 0.0,
-        with_vectors: bool = False,
+        with_vectors: bool | Sequence[str] = False,
         exact: bool = False,
     ) -> list[ScoredLook]:
         """Several nearest searches fused natively by the engine (prefetch + RRF, or DBSF).
@@ -442,7 +443,7 @@ class LookStoreBase(ABC):
             weights=tuple(float(w) for w in weights) if weights is not None else None,
             rrf_k=_positive(rrf_k, "rrf_k"),
             exact=exact,
-            with_vectors=with_vectors,
+            with_vectors=_vector_selection(with_vectors),
         )
         return self._scored(self._query(version, spec))
 
@@ -744,3 +745,10 @@ def _positive(value: int, name: str) -> int:
     if int(value) < 1:
         raise InvalidLookError(f"{name} must be at least 1, got {value}")
     return int(value)
+
+
+def _vector_selection(with_vectors: bool | Sequence[str]) -> bool | tuple[str, ...]:
+    """True/False, or the checked names of the vectors to return."""
+    if isinstance(with_vectors, bool):
+        return with_vectors
+    return tuple(check_vector_name(name) for name in with_vectors) or False

@@ -311,7 +311,7 @@ class EdgeLookStore(LookStoreBase):
             filter=flt,
             params=params,
             with_payload=True,
-            with_vector=spec.with_vectors,
+            with_vector=list(spec.with_vectors) if isinstance(spec.with_vectors, tuple) else spec.with_vectors,
         )
         points = self._shard(version).query(request)
         return [
@@ -401,7 +401,7 @@ class EdgeLookStore(LookStoreBase):
 
 def _vectors(vector: Any) -> dict[str, list[float]]:
     if isinstance(vector, dict):
-        return {str(k): [float(x) for x in v] for k, v in vector.items() if k in VECTOR_NAMES}
+        return {str(k): list(map(float, v)) for k, v in vector.items() if k in VECTOR_NAMES}
     return {}
 
 

@@ -448,7 +448,7 @@ class LookStore(Protocol):
         tags: Sequence[str] = (),
         sources: Sequence[str] = (),
         min_quality: float = 0.0,
-        with_vectors: bool = False,
+        with_vectors: bool | Sequence[str] = False,
         exact: bool = False,
         mmr: Mmr | None = None,
         hnsw_ef: int | None = None,
@@ -466,7 +466,7 @@ class LookStore(Protocol):
         tags: Sequence[str] = (),
         sources: Sequence[str] = (),
         min_quality: float = 0.0,
-        with_vectors: bool = False,
+        with_vectors: bool | Sequence[str] = False,
         exact: bool = False,
     ) -> list[ScoredLook]: ...
     def scroll(

@@ -397,7 +397,7 @@ class ServerLookStore(LookStoreBase):
             search_params=None if self.local else params,
             limit=spec.limit,
             with_payload=True,
-            with_vectors=spec.with_vectors,
+            with_vectors=list(spec.with_vectors) if isinstance(spec.with_vectors, tuple) else spec.with_vectors,
             consistency=self.read_consistency,
             **kwargs,
         )
@@ -499,7 +499,7 @@ class ServerLookStore(LookStoreBase):
 
 def _vectors(vector: Any) -> dict[str, list[float]]:
     if isinstance(vector, dict):
-        return {str(k): [float(x) for x in v] for k, v in vector.items() if k in VECTOR_NAMES}
+        return {str(k): list(map(float, v)) for k, v in vector.items() if k in VECTOR_NAMES}
     return {}
 
 

@@ -242,6 +242,13 @@ def test_search_returns_vectors_on_request(store: LookStoreBase) -> None:
     np.testing.assert_allclose(
         np.asarray(hits[0].vectors["top"]), unit(np.asarray(points[1].vectors["top"])), atol=1e-5
     )
+    # Only the named vectors, when named (what diversity needs, and no more).
+    only = store.search("top", points[1].vectors["top"], limit=2, with_vectors=["bottom"])
+    assert all(hit.vectors is not None and set(hit.vectors) == {"bottom"} for hit in only)
+    fused = store.fused_search([("top", points[1].vectors["top"])], limit=2, with_vectors=("bottom",))
+    assert all(hit.vectors is not None and set(hit.vectors) == {"bottom"} for hit in fused)
+    with pytest.raises(InvalidLookError, match="unknown vector"):
+        store.search("top", points[1].vectors["top"], limit=1, with_vectors=["colour"])
 
 
 def test_version_conflict_and_unknown_look(store: LookStoreBase) -> None:

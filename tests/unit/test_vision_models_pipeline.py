@@ -114,3 +114,18 @@ def test_look_with_no_garment_found_gives_an_empty_analysis(
     assert analysis.garments == []
     assert (analysis.width, analysis.height) == (300, 300)
     assert (analysis.quality_score is not None) == (want_quality and pipeline.quality is not None)
+
+
+def test_compat_reusing_the_shared_pool_equals_rerunning_the_tail(pipeline: VisionPipeline) -> None:
+    """With a frozen tail, the served shortcut (pooled feature of the shared forward) gives the same vectors."""
+    import torch
+
+    compat = pipeline.compat
+    if compat is None or not compat.reuses_backbone_pool:
+        pytest.skip("the shipped compatibility model fine-tunes its tail")
+    crop = _look().crop((130, 110, 270, 330))
+    stem, pooled = pipeline._forward(torch.stack([pipeline.squash(crop)]))
+    colour = pipeline._compat_colour(crop)[None]
+    shortcut = compat.project_pooled(stem, pooled, colour, "top")
+    rerun = compat.project_features(stem.numpy(), colour, "top")
+    np.testing.assert_allclose(shortcut, rerun, atol=1e-4)
