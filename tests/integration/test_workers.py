@@ -143,12 +143,17 @@ def test_sigkill_mid_refresh_then_restart_keeps_every_look_exactly_once(
     job_id = library.start(str(looks_dir))
     try:
         partial = wait_job(library, job_id, until=lambda p: p.done >= 3, worker=worker)
-        # Let the next chunk get going (a chunk is a look here), so the kill lands inside a task.
-        time.sleep(1.0)
+        # Kill while a chunk (a look here) is delivered and not yet acknowledged: with late acks it sits
+        # in the broker's `unacked` hash until the task ends. A look takes ~0.1 s, so poll tightly.
+        broker = redis.Redis.from_url(redis_url)
+        deadline = time.monotonic() + 30
+        while broker.hlen("unacked") < 1 and time.monotonic() < deadline:
+            time.sleep(0.002)
         worker.kill()
         assert partial.done < 12, "the refresh finished before the kill; nothing was tested"
-        broker = redis.Redis.from_url(redis_url)
         assert broker.hlen("unacked") >= 1, "no task was in flight at the kill; nothing was tested"
+        at_kill = library.jobs.progress(job_id)
+        assert at_kill is not None and at_kill.done < 12, "the refresh finished before the kill; nothing was tested"
         worker = start_worker(redis_url, data_dir, log, ingest_chunk_size=1)
         # The lost task comes back once the visibility timeout has passed.
         final = wait_job(library, job_id, worker=worker)
