@@ -74,7 +74,13 @@ def _ingest(files: list[Path], workers: int, workdir: Path, redis_url: str) -> f
     show_default=True,
     help="A folder laid out like ../shared/data (its looks/images are used), or a folder of look images.",
 )
-@click.option("--n", default=24, show_default=True, type=click.IntRange(4), help="Looks per measurement.")
+@click.option(
+    "--n",
+    default=96,
+    show_default=True,
+    type=click.IntRange(4),
+    help="Looks per measurement (a few dozen are dominated by the job's fixed start-up cost).",
+)
 @click.option(
     "--json",
     "json_path",
