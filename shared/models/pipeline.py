@@ -240,11 +240,12 @@ class VisionPipeline:
             hists = np.stack([colour_histogram(c) for c in crops])
             vectors = self._vectors(pooled[:n], hists)
             probs = self._category_probs(pooled[:n])
+            garment_pooled = pooled[:n]  # `pooled` keeps the quality row, read below
             if single_garment:
                 plans, keep = self._resolve_query(plans, probs, kind_hint)
                 crops, vectors, probs = [crops[keep]], vectors[keep:keep + 1], probs[keep:keep + 1]
-                stem, pooled = stem[keep:keep + 1], pooled[keep:keep + 1]
-            compat = self._compat(crops, stem, pooled[: len(plans)], plans) if with_compat else [None] * len(plans)
+                stem, garment_pooled = stem[keep:keep + 1], garment_pooled[keep:keep + 1]
+            compat = self._compat(crops, stem, garment_pooled, plans) if with_compat else [None] * len(plans)
             analysis.garments = [
                 FoundGarment(kind=p.kind, box=p.box, confidence=float(p.confidence), embedding=vectors[i],
                              compat=compat[i], colors=colour_names(crops[i]),

@@ -129,3 +129,10 @@ def test_compat_reusing_the_shared_pool_equals_rerunning_the_tail(pipeline: Visi
     shortcut = compat.project_pooled(stem, pooled, colour, "top")
     rerun = compat.project_features(stem.numpy(), colour, "top")
     np.testing.assert_allclose(shortcut, rerun, atol=1e-4)
+
+
+def test_query_photo_with_quality_scores_the_whole_photo(pipeline: VisionPipeline) -> None:
+    analysis = pipeline.analyze(_look(), single_garment=True, kind_hint="top", want_quality=True)
+    assert len(analysis.garments) == 1 and analysis.garments[0].kind == "top"
+    if pipeline.quality is not None:
+        assert analysis.quality_score is not None and 0.0 <= analysis.quality_score <= 1.0
