@@ -16,10 +16,8 @@ import grpc
 
 from services.commands.common import api_metadata, fail, gateway_channel, settings_or_exit
 
-MIN_SIDE = 64
 
-
-def query_photos(data_dir: Path, count: int) -> list[bytes]:
+def query_photos(data_dir: Path, count: int, min_side: int) -> list[bytes]:
     """Top and bottom crops cut from the annotated looks of DIR, as JPEG bytes (shopper-like queries)."""
 
     from shared.images import crop_jpeg
@@ -32,11 +30,11 @@ def query_photos(data_dir: Path, count: int) -> list[bytes]:
         fail(str(exc))
     photos: list[bytes] = []
     for item in items:
-        # Boxes under MIN_SIDE px would be refused as invalid input; they are not shopper photos.
+        # Boxes under the service's LOOKBOOK_MIN_IMAGE_SIDE would be refused as invalid input.
         photos.extend(
             crop_jpeg(item.path, known.box)
             for known in item.known
-            if min(known.box[2] - known.box[0], known.box[3] - known.box[1]) >= MIN_SIDE
+            if min(known.box[2] - known.box[0], known.box[3] - known.box[1]) >= min_side
         )
         if len(photos) >= count:
             break
@@ -167,7 +165,7 @@ def bench_match(
     levels = [int(c) for c in concurrency.split(",") if c.strip()]
     if not levels or min(levels) < 1:
         fail("--concurrency takes positive whole numbers, e.g. 1,4,16")
-    queries = query_photos(data_dir, photos)
+    queries = query_photos(data_dir, photos, settings.min_image_side)
     click.echo(f"timing the bare model forward on {min(20, len(queries))} queries ...", err=True)
     bare = bare_forward_ms(queries, settings, repeats)
     results = []
