@@ -28,6 +28,7 @@ from shared.store.model import (
     Mmr,
     ScoredLook,
     ScrollPage,
+    SearchHit,
     StaleVersionError,
     StoreError,
     VectorDims,
@@ -68,6 +69,8 @@ class QuerySpec:
     hnsw_ef: int | None = None
     # True: every named vector; a tuple of names: only those (less to transfer and convert).
     with_vectors: bool | tuple[str, ...] = False
+    # False: ids and scores only (each hit's payload dict is then empty).
+    with_payload: bool = True
 
 
 class LookStoreBase(ABC):
@@ -384,21 +387,83 @@ class LookStoreBase(ABC):
         exact=True scans every vector (the ground truth for recall); mmr diversifies the result with
         the engine's native maximal marginal relevance. Looks without this vector never match.
         """
+        filters = LookFilter(
+            statuses=statuses, tags=tuple(tags), sources=tuple(sources), min_quality=float(min_quality)
+        )
+        version, spec = self._nearest_spec(
+            vector_name, vector, limit=limit, filters=filters, with_vectors=with_vectors, exact=exact, hnsw_ef=hnsw_ef
+        )
+        return self._scored(self._query(version, replace(spec, mmr=mmr)))
+
+    def search_ids(
+        self,
+        vector_name: str,
+        vector: Sequence[float] | np.ndarray,
+        *,
+        limit: int = 10,
+        filters: LookFilter | None = None,
+        with_vectors: bool | Sequence[str] = False,
+        exact: bool = False,
+        hnsw_ef: int | None = None,
+    ) -> list[SearchHit]:
+        """Like search(), without payloads: ids, scores and the vectors asked for.
+
+        For ranking a large candidate pool: fetch the few looks it returns with get_many(). The
+        filter defaults to the searchable statuses (approved, featured).
+        """
+        version, spec = self._nearest_spec(
+            vector_name,
+            vector,
+            limit=limit,
+            filters=filters or LookFilter(statuses=SEARCHABLE),
+            with_vectors=with_vectors,
+            exact=exact,
+            hnsw_ef=hnsw_ef,
+        )
+        return [SearchHit(i, float(s), v) for i, s, _, v in self._query(version, replace(spec, with_payload=False))]
+
+    def _nearest_spec(
+        self,
+        vector_name: str,
+        vector: Sequence[float] | np.ndarray,
+        *,
+        limit: int,
+        filters: LookFilter,
+        with_vectors: bool | Sequence[str],
+        exact: bool,
+        hnsw_ef: int | None,
+    ) -> tuple[str, QuerySpec]:
         version = self._require_live()
         dims = self._dims_or_fail(version)
         name = check_vector_name(vector_name)
         spec = QuerySpec(
             paths=((name, vector_list(name, vector, dims.by_name()[name])),),
             limit=_positive(limit, "limit"),
-            filters=LookFilter(
-                statuses=statuses, tags=tuple(tags), sources=tuple(sources), min_quality=float(min_quality)
-            ),
-            mmr=mmr,
+            filters=filters,
             exact=exact,
             hnsw_ef=hnsw_ef,
             with_vectors=_vector_selection(with_vectors),
         )
-        return self._scored(self._query(version, spec))
+        return version, spec
+
+    def matching_ids(self, look_ids: Sequence[str], filters: LookFilter) -> set[str]:
+        """Which of these looks pass the filter (for example: which are featured), without payloads."""
+        if not look_ids:
+            return set()
+        version = self._require_live()
+        ids = tuple(dict.fromkeys(normalize_look_id(i) for i in look_ids))
+        raw, _ = self._scroll_raw(
+            version,
+            replace(filters, ids=ids),
+            limit=len(ids),
+            offset=None,
+            order_key=None,
+            descending=False,
+            start_from=None,
+            exclude_ids=(),
+            payload_keys=(),
+        )
+        return {i for i, _, _ in raw}
 
     def fused_search(
         self,
@@ -422,6 +487,53 @@ class LookStoreBase(ABC):
         the same filter; RRF scores a look by sum(weight / (rrf_k + rank)) over the paths that found it,
         rank counting from 0.
         """
+        version, spec = self._fused_spec(
+            prefetch,
+            limit=limit,
+            fusion=fusion,
+            per_path_limit=per_path_limit,
+            weights=weights,
+            rrf_k=rrf_k,
+            filters=LookFilter(
+                statuses=statuses, tags=tuple(tags), sources=tuple(sources), min_quality=float(min_quality)
+            ),
+        )
+        spec = replace(spec, exact=exact, with_vectors=_vector_selection(with_vectors))
+        return self._scored(self._query(version, spec))
+
+    def fused_search_ids(
+        self,
+        prefetch: Sequence[tuple[str, Sequence[float] | np.ndarray]],
+        *,
+        limit: int = 10,
+        per_path_limit: int | None = None,
+        weights: Sequence[float] | None = None,
+        rrf_k: int = 60,
+        filters: LookFilter | None = None,
+    ) -> list[SearchHit]:
+        """Like fused_search() with RRF, without payloads: ids and fused scores."""
+        version, spec = self._fused_spec(
+            prefetch,
+            limit=limit,
+            fusion="rrf",
+            per_path_limit=per_path_limit,
+            weights=weights,
+            rrf_k=rrf_k,
+            filters=filters or LookFilter(statuses=SEARCHABLE),
+        )
+        return [SearchHit(i, float(s), None) for i, s, _, _ in self._query(version, replace(spec, with_payload=False))]
+
+    def _fused_spec(
+        self,
+        prefetch: Sequence[tuple[str, Sequence[float] | np.ndarray]],
+        *,
+        limit: int,
+        fusion: str,
+        per_path_limit: int | None,
+        weights: Sequence[float] | None,
+        rrf_k: int,
+        filters: LookFilter,
+    ) -> tuple[str, QuerySpec]:
         if not prefetch:
             raise InvalidLookError("fused_search needs at least one (vector_name, vector) path")
         if fusion not in ("rrf", "dbsf"):
@@ -435,17 +547,13 @@ class LookStoreBase(ABC):
         spec = QuerySpec(
             paths=paths,
             limit=limit,
-            filters=LookFilter(
-                statuses=statuses, tags=tuple(tags), sources=tuple(sources), min_quality=float(min_quality)
-            ),
+            filters=filters,
             fusion=fusion,
             per_path_limit=_positive(per_path_limit or 4 * limit, "per_path_limit"),
             weights=tuple(float(w) for w in weights) if weights is not None else None,
             rrf_k=_positive(rrf_k, "rrf_k"),
-            exact=exact,
-            with_vectors=_vector_selection(with_vectors),
         )
-        return self._scored(self._query(version, spec))
+        return version, spec
 
     def scroll(
         self,

@@ -310,7 +310,7 @@ class EdgeLookStore(LookStoreBase):
             prefetches=prefetches,
             filter=flt,
             params=params,
-            with_payload=True,
+            with_payload=spec.with_payload,
             with_vector=list(spec.with_vectors) if isinstance(spec.with_vectors, tuple) else spec.with_vectors,
         )
         points = self._shard(version).query(request)
@@ -318,7 +318,7 @@ class EdgeLookStore(LookStoreBase):
             (
                 str(p.id),
                 float(p.score),
-                dict(p.payload or {}),
+                dict(p.payload or {}) if spec.with_payload else {},
                 _vectors(p.vector) if spec.with_vectors else None,
             )
             for p in points
@@ -401,7 +401,10 @@ class EdgeLookStore(LookStoreBase):
 
 def _vectors(vector: Any) -> dict[str, list[float]]:
     if isinstance(vector, dict):
-        return {str(k): list(map(float, v)) for k, v in vector.items() if k in VECTOR_NAMES}
+        # The engine hands dense vectors over as lists of Python floats already.
+        return {
+            str(k): v if isinstance(v, list) else list(map(float, v)) for k, v in vector.items() if k in VECTOR_NAMES
+        }
     return {}
 
 
@@ -425,6 +428,10 @@ def _filter(
             must.append(qe.FieldCondition("model_version", match=qe.MatchValue(filters.model_version)))
         if filters.updated_since is not None:
             must.append(qe.FieldCondition("updated_at", range=qe.RangeFloat(gte=filters.updated_since)))
+        if filters.has_vector is not None:
+            must.append(qe.HasVectorCondition(filters.has_vector))
+        if filters.ids:
+            must.append(qe.HasIdCondition(set(filters.ids)))
     if quality_range is not None:
         low, high, inclusive = quality_range
         rng = qe.RangeFloat(gte=low, lte=high) if inclusive else qe.RangeFloat(gte=low, lt=high)

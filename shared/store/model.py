@@ -98,7 +98,12 @@ def look_id_for(image_bytes: bytes) -> str:
     return look_id_for_sha256(hashlib.sha256(image_bytes).hexdigest())
 
 
+_CANONICAL_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+
+
 def normalize_look_id(look_id: str | uuid.UUID) -> str:
+    if isinstance(look_id, str) and _CANONICAL_ID.fullmatch(look_id):
+        return look_id  # already canonical (ids read back from the store): skip the UUID round trip
     try:
         return str(uuid.UUID(str(look_id)))
     except ValueError:
@@ -168,7 +173,7 @@ class LookRecord:
     @classmethod
     def from_payload(cls, look_id: str | uuid.UUID, payload: Mapping[str, Any]) -> LookRecord:
         """Rebuilds a record; unknown payload keys are ignored so older code reads newer data."""
-        known = {f.name for f in fields(cls)} - {"look_id"}
+        known = _PAYLOAD_FIELDS
         values: dict[str, Any] = {k: v for k, v in payload.items() if k in known}
         for name in ("top_box", "bottom_box"):
             box = values.get(name)
@@ -198,6 +203,9 @@ class LookRecord:
             raise InvalidLookError(f"look {look_id}: tags must be strings")
         return self if look_id == self.look_id else replace(self, look_id=look_id)
 
+
+# The payload keys of a record (all its fields but the id, which is the point id).
+_PAYLOAD_FIELDS: frozenset[str] = frozenset(f.name for f in fields(LookRecord)) - {"look_id"}
 
 # Fields update_look may change; the rest are owned by the store (ids, timestamps, version) or the image.
 EDITABLE_FIELDS: frozenset[str] = frozenset(
@@ -235,6 +243,19 @@ class ScoredLook:
 
 
 @dataclass(frozen=True)
+class SearchHit:
+    """A search hit without its payload: the look id, its score and, if asked, its vectors.
+
+    What ranking reads for a whole candidate pool; the payloads of the few looks it returns are
+    fetched afterwards (converting a payload costs far more than finding the look).
+    """
+
+    look_id: str
+    score: float
+    vectors: dict[str, list[float]] | None = None
+
+
+@dataclass(frozen=True)
 class LookFilter:
     """What a read may return. `tags` must all be present on a look; `sources` is any-of.
 
@@ -247,12 +268,18 @@ class LookFilter:
     min_quality: float = 0.0
     model_version: str | None = None
     updated_since: float | None = None  # epoch seconds; looks changed (imported or edited) at or after
+    # Only looks that have this named vector (a look without a bottom has no `bottom` vector).
+    has_vector: str | None = None
+    # Only these look ids (any of them); empty means no restriction.
+    ids: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.statuses is not None:
             bad = [s for s in self.statuses if s not in STATUSES]
             if bad:
                 raise InvalidLookError(f"unknown status {bad[0]!r}; use one of {', '.join(STATUSES)}")
+        if self.has_vector is not None:
+            check_vector_name(self.has_vector)
         if not math.isfinite(self.min_quality):
             raise InvalidLookError("min_quality must be a finite number")
 
@@ -453,6 +480,28 @@ class LookStore(Protocol):
         mmr: Mmr | None = None,
         hnsw_ef: int | None = None,
     ) -> list[ScoredLook]: ...
+    def search_ids(
+        self,
+        vector_name: str,
+        vector: Sequence[float] | np.ndarray,
+        *,
+        limit: int = 10,
+        filters: LookFilter | None = None,
+        with_vectors: bool | Sequence[str] = False,
+        exact: bool = False,
+        hnsw_ef: int | None = None,
+    ) -> list[SearchHit]: ...
+    def fused_search_ids(
+        self,
+        prefetch: Sequence[tuple[str, Sequence[float] | np.ndarray]],
+        *,
+        limit: int = 10,
+        per_path_limit: int | None = None,
+        weights: Sequence[float] | None = None,
+        rrf_k: int = 60,
+        filters: LookFilter | None = None,
+    ) -> list[SearchHit]: ...
+    def matching_ids(self, look_ids: Sequence[str], filters: LookFilter) -> set[str]: ...
     def fused_search(
         self,
         prefetch: Sequence[tuple[str, Sequence[float] | np.ndarray]],

@@ -396,7 +396,7 @@ class ServerLookStore(LookStoreBase):
             # Local mode always scans exactly and warns about search params; a server honours them.
             search_params=None if self.local else params,
             limit=spec.limit,
-            with_payload=True,
+            with_payload=spec.with_payload,
             with_vectors=list(spec.with_vectors) if isinstance(spec.with_vectors, tuple) else spec.with_vectors,
             consistency=self.read_consistency,
             **kwargs,
@@ -405,7 +405,7 @@ class ServerLookStore(LookStoreBase):
             (
                 str(p.id),
                 float(p.score),
-                dict(p.payload or {}),
+                dict(p.payload or {}) if spec.with_payload else {},
                 _vectors(p.vector) if spec.with_vectors else None,
             )
             for p in response.points
@@ -523,6 +523,10 @@ def _filter(
             must.append(qm.FieldCondition(key="model_version", match=qm.MatchValue(value=filters.model_version)))
         if filters.updated_since is not None:
             must.append(qm.FieldCondition(key="updated_at", range=qm.Range(gte=filters.updated_since)))
+        if filters.has_vector is not None:
+            must.append(qm.HasVectorCondition(has_vector=filters.has_vector))
+        if filters.ids:
+            must.append(qm.HasIdCondition(has_id=list(filters.ids)))
     if quality_range is not None:
         low, high, inclusive = quality_range
         rng = qm.Range(gte=low, lte=high) if inclusive else qm.Range(gte=low, lt=high)

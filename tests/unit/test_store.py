@@ -251,6 +251,39 @@ def test_search_returns_vectors_on_request(store: LookStoreBase) -> None:
         store.search("top", points[1].vectors["top"], limit=1, with_vectors=["colour"])
 
 
+def test_search_ids_agree_with_search_without_payloads(store: LookStoreBase) -> None:
+    points = library()
+    store.upsert(points)
+    query = points[6].vectors["top"]
+    full = store.search("top", query, limit=10, with_vectors=["bottom"])
+    bare = store.search_ids("top", query, limit=10, with_vectors=["bottom"])
+    assert [h.look_id for h in bare] == [h.look.look_id for h in full]
+    assert [h.score for h in bare] == pytest.approx([h.score for h in full], abs=1e-6)
+    assert all(h.vectors is not None and set(h.vectors) == {"bottom"} for h in bare if h.vectors)
+    # The default filter is what a shopper may see: approved and featured looks only.
+    visible = {p.record.look_id for p in points if p.record.status in ("approved", "featured")}
+    assert {h.look_id for h in store.search_ids("top", query, limit=100)} <= visible
+    fused = store.fused_search_ids([("top", query), ("bottom", query)], limit=5, per_path_limit=20)
+    reference = store.fused_search([("top", query), ("bottom", query)], limit=5, per_path_limit=20)
+    assert [h.look_id for h in fused] == [h.look.look_id for h in reference]
+
+
+def test_has_vector_and_id_filters(store: LookStoreBase) -> None:
+    points = library()
+    store.upsert(points)
+    with_bottom = {p.record.look_id for p in points if "bottom" in p.vectors}
+    hits = store.search_ids("top", np.ones(DIMS[0]), limit=100, filters=LookFilter(has_vector="bottom"))
+    assert {h.look_id for h in hits} == with_bottom
+    asked = [p.record.look_id for p in points[:10]]
+    featured = {p.record.look_id for p in points[:10] if p.record.status == "featured"}
+    assert featured and store.matching_ids(asked, LookFilter(statuses=("featured",))) == featured
+    assert store.matching_ids([], LookFilter(statuses=("featured",))) == set()
+    with pytest.raises(InvalidLookError, match="unknown vector"):
+        LookFilter(has_vector="colour")
+    with pytest.raises(InvalidLookError, match="not a UUID"):
+        store.matching_ids(["nope"], LookFilter())
+
+
 def test_version_conflict_and_unknown_look(store: LookStoreBase) -> None:
     store.upsert(library(5))
     look_id = look_id_for(b"look-1")
