@@ -143,7 +143,9 @@ class Squash:
     size: int = INPUT_SIZE
 
     def __call__(self, image: Image.Image) -> torch.Tensor:
-        return to_tensor(image.convert("RGB").resize((self.size, self.size), Image.Resampling.BICUBIC))
+        from shared.models.resize import normalised, resize_tensor
+
+        return normalised(resize_tensor(image, self.size, self.size, bicubic=True))
 
 
 def to_tensor(image: Image.Image) -> torch.Tensor:

@@ -7,6 +7,8 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
+from shared.models.resize import resize_array
+
 L_BINS, A_BINS, B_BINS = 4, 6, 6
 HIST_DIM = L_BINS * A_BINS * B_BINS
 _SIDE = 40
@@ -30,30 +32,37 @@ def rgb_to_lab(rgb: np.ndarray) -> np.ndarray:
     return np.stack([116 * f[..., 1] - 16, 500 * (f[..., 0] - f[..., 1]), 200 * (f[..., 1] - f[..., 2])], axis=-1)
 
 
-def _centre_lab(image: Image.Image) -> tuple[np.ndarray, np.ndarray]:
-    """Lab pixels of a downsampled crop and weights that favour its centre, where the garment is."""
-    small = np.asarray(image.convert("RGB").resize((_SIDE, _SIDE), Image.Resampling.BILINEAR), dtype=np.float32)
-    lab = rgb_to_lab(small / 255.0).reshape(-1, 3)
-    ax = np.linspace(-1, 1, _SIDE, dtype=np.float32)
-    weights = np.exp(-(ax[None, :] ** 2 + ax[:, None] ** 2) / 0.8).reshape(-1)
-    return lab, weights
+_AXIS = np.linspace(-1, 1, _SIDE, dtype=np.float32)
+# Weights that favour the centre of a crop, where the garment is.
+_CENTRE_WEIGHTS = np.exp(-(_AXIS[None, :] ** 2 + _AXIS[:, None] ** 2) / 0.8).reshape(-1)
 
 
-def colour_histogram(image: Image.Image) -> np.ndarray:
+def centre_lab(image: Image.Image) -> tuple[np.ndarray, np.ndarray]:
+    """Lab pixels [_SIDE * _SIDE, 3] of a downsampled crop and weights that favour its centre.
+
+    Compute it once per crop and pass it to colour_histogram and colour_names as `lab`.
+    """
+    small = resize_array(image, _SIDE, _SIDE).astype(np.float32)
+    return rgb_to_lab(small / 255.0).reshape(-1, 3), _CENTRE_WEIGHTS
+
+
+def colour_histogram(image: Image.Image, *, lab: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
     """A centre-weighted joint Lab histogram, square-rooted and L2-normalised (Hellinger), [HIST_DIM]."""
-    lab, weights = _centre_lab(image)
-    li = np.clip((lab[:, 0] / 100 * L_BINS).astype(int), 0, L_BINS - 1)
-    ai = np.clip(((lab[:, 1] + 60) / 120 * A_BINS).astype(int), 0, A_BINS - 1)
-    bi = np.clip(((lab[:, 2] + 60) / 120 * B_BINS).astype(int), 0, B_BINS - 1)
+    pixels, weights = lab if lab is not None else centre_lab(image)
+    li = np.clip((pixels[:, 0] / 100 * L_BINS).astype(int), 0, L_BINS - 1)
+    ai = np.clip(((pixels[:, 1] + 60) / 120 * A_BINS).astype(int), 0, A_BINS - 1)
+    bi = np.clip(((pixels[:, 2] + 60) / 120 * B_BINS).astype(int), 0, B_BINS - 1)
     hist = np.bincount((li * A_BINS + ai) * B_BINS + bi, weights=weights, minlength=HIST_DIM).astype(np.float32)
     hist = np.sqrt(hist / max(float(hist.sum()), 1e-6))
     return hist / max(float(np.linalg.norm(hist)), 1e-6)
 
 
-def colour_names(image: Image.Image, *, most: int = 2, min_share: float = 0.2) -> list[str]:
+def colour_names(
+    image: Image.Image, *, most: int = 2, min_share: float = 0.2, lab: tuple[np.ndarray, np.ndarray] | None = None
+) -> list[str]:
     """The dominant basic colour words of a garment crop, most common first."""
-    lab, weights = _centre_lab(image)
-    nearest = np.argmin(((lab[:, None, :] - _PALETTE_LAB[None]) ** 2).sum(-1), axis=1)
+    pixels, weights = lab if lab is not None else centre_lab(image)
+    nearest = np.argmin(((pixels[:, None, :] - _PALETTE_LAB[None]) ** 2).sum(-1), axis=1)
     share = np.bincount(nearest, weights=weights, minlength=len(_NAMES)) / weights.sum()
     order = np.argsort(-share)
     return [_NAMES[i] for i in order[:most] if share[i] >= min_share] or [_NAMES[int(order[0])]]

@@ -17,7 +17,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from shared.models.backbone import to_tensor
+from shared.models.resize import normalised, resize_tensor
 from shared.models.vision_data import DETECT_KINDS, BoxXYXY, Kind
 
 log = logging.getLogger(__name__)
@@ -32,7 +32,7 @@ S32_CHANNELS = 1280
 
 def detector_input(image: Image.Image, size: int = DETECT_SIZE) -> torch.Tensor:
     """The whole photo squashed to a square: boxes are predicted as fractions of width and height."""
-    return to_tensor(image.convert("RGB").resize((size, size), Image.Resampling.BILINEAR))
+    return normalised(resize_tensor(image, size, size))
 
 
 def backbone_maps(backbone: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

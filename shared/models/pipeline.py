@@ -25,7 +25,7 @@ from PIL import Image
 
 from shared.models.backbone import FEATURE_DIM, Squash, shared_backbone
 from shared.models.category import CategoryModel, load_category
-from shared.models.colour import colour_histogram, colour_names
+from shared.models.colour import centre_lab, colour_histogram, colour_names
 from shared.models.detector import Detection, GarmentDetector, load_detector
 from shared.models.embedding import EmbeddingModel, load_embedding
 from shared.models.vision_data import BoxXYXY, Kind
@@ -237,18 +237,20 @@ class VisionPipeline:
         stem, pooled = self._forward(torch.stack(inputs))
         n = len(crops)
         if n:
-            hists = np.stack([colour_histogram(c) for c in crops])
+            labs = [centre_lab(c) for c in crops]
+            hists = np.stack([colour_histogram(c, lab=lab) for c, lab in zip(crops, labs, strict=True)])
             vectors = self._vectors(pooled[:n], hists)
             probs = self._category_probs(pooled[:n])
             garment_pooled = pooled[:n]  # `pooled` keeps the quality row, read below
             if single_garment:
                 plans, keep = self._resolve_query(plans, probs, kind_hint)
                 crops, vectors, probs = [crops[keep]], vectors[keep:keep + 1], probs[keep:keep + 1]
+                labs = [labs[keep]]
                 stem, garment_pooled = stem[keep:keep + 1], garment_pooled[keep:keep + 1]
             compat = self._compat(crops, stem, garment_pooled, plans) if with_compat else [None] * len(plans)
             analysis.garments = [
                 FoundGarment(kind=p.kind, box=p.box, confidence=float(p.confidence), embedding=vectors[i],
-                             compat=compat[i], colors=colour_names(crops[i]),
+                             compat=compat[i], colors=colour_names(crops[i], lab=labs[i]),
                              category={k: float(v) for k, v in zip(_CATEGORY_ORDER, probs[i], strict=True)})
                 for i, p in enumerate(plans)
             ]

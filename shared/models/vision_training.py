@@ -45,7 +45,8 @@ from shared.models.vision_data import (
 
 log = logging.getLogger(__name__)
 
-CACHE_VERSION = "vision-features-2"
+# 3: inputs resized by shared.models.resize (torchvision), as served.
+CACHE_VERSION = "vision-features-3"
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_CACHE_DIR = REPO_ROOT / ".cache" / "vision"
 SEED = 1234

@@ -83,3 +83,13 @@ def test_serving_and_training_paths_agree(model: CompatModel, tmp_path: Path) ->
         direct = model.project([Image.open(path)], kind)  # type: ignore[arg-type]
         # The cache stores the stem in float16.
         np.testing.assert_allclose(cached, direct, atol=5e-3)
+
+
+def test_unit_histogram_is_numpys_histogram() -> None:
+    from shared.models.compat_features import _unit_histogram
+
+    rng = np.random.default_rng(0)
+    # HSV channels are k/255; include both ends of [0, 1] and every bin edge a k/255 can hit.
+    values = np.concatenate([np.arange(256, dtype=np.float32) / 255.0, rng.random(500).astype(np.float32)])
+    for bins in (4, 12):
+        np.testing.assert_array_equal(_unit_histogram(values, bins), np.histogram(values, bins=bins, range=(0, 1))[0])

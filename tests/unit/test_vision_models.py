@@ -126,3 +126,51 @@ def test_vision_commands_have_help() -> None:
         result = runner.invoke(main, [*args, "--help"])
         assert result.exit_code == 0, result.output
         assert "--data" in result.output
+
+
+DEMO_IMAGES = Path(__file__).resolve().parents[2] / "demo" / "images"
+
+
+def _demo_crops(n: int = 8) -> list[Image.Image]:
+    """Garment-sized crops (upper and lower halves) of real demo looks, at several sizes."""
+    crops = []
+    for path in sorted(DEMO_IMAGES.glob("*.jpg"))[:n]:
+        with Image.open(path) as image:
+            image = image.convert("RGB")
+        w, h = image.size
+        crops += [image.crop((0, 0, w, h // 2)), image.crop((w // 4, h // 2, 3 * w // 4, h)).resize((90, 130))]
+    return crops
+
+
+def test_fast_bilinear_resize_is_pil_within_one_grey_level() -> None:
+    from shared.models.resize import resize_array
+
+    for crop in _demo_crops():
+        for size in ((48, 64), (40, 40), (160, 160)):
+            ours = resize_array(crop, *size).astype(int)
+            pil = np.asarray(crop.resize(size, Image.Resampling.BILINEAR)).astype(int)
+            assert ours.shape == pil.shape and np.abs(ours - pil).max() <= 1
+
+
+def test_squash_features_match_the_pil_bicubic_ones() -> None:
+    from shared.models.backbone import Squash, shared_backbone, to_tensor
+
+    backbone, squash = shared_backbone(), Squash()
+    crops = _demo_crops(4)
+    ours = torch.stack([squash(c) for c in crops])
+    pil = torch.stack([to_tensor(c.resize((224, 224), Image.Resampling.BICUBIC)) for c in crops])
+    assert ours.shape == pil.shape and ours.dtype == torch.float32
+    assert float(ours.min()) >= -1.0 and float(ours.max()) <= 1.0
+    with torch.inference_mode():
+        a = backbone.forward_head(backbone.forward_features(ours), pre_logits=True)
+        b = backbone.forward_head(backbone.forward_features(pil), pre_logits=True)
+    assert float(torch.nn.functional.cosine_similarity(a, b).min()) >= 0.9995
+
+
+def test_colour_words_and_histogram_share_one_lab_pass() -> None:
+    from shared.models.colour import centre_lab
+
+    crop = _product_shot((20, 40, 160))
+    lab = centre_lab(crop)
+    np.testing.assert_array_equal(colour_histogram(crop, lab=lab), colour_histogram(crop))
+    assert colour_names(crop, lab=lab) == colour_names(crop)
