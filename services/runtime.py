@@ -19,6 +19,7 @@ import uvicorn
 from grpc_health.v1 import health
 
 from shared.grpc_runtime import drain, set_serving, wait_for_signal
+from shared.heap import settle_heap
 from shared.settings import Settings
 from shared.store import LookStore, open_store
 
@@ -192,6 +193,7 @@ async def start(
             server, health_servicer, bound, names = curation(port(settings.curation_port))
             running.servers.append((server, health_servicer, names))
             running.ports["curation"] = bound
+        settle_heap()
         for server, health_servicer, names in running.servers:
             await server.start()
             await set_serving(health_servicer, names, True)

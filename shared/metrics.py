@@ -45,6 +45,7 @@ class Metrics:
     ingest_failed: Counter
     quarantined: Counter
     model_load_seconds: Gauge
+    stage_latency: Histogram
 
     @classmethod
     def create(cls, registry: CollectorRegistry) -> Metrics:
@@ -67,6 +68,9 @@ class Metrics:
                                 ["reason"], registry=registry),
             model_load_seconds=Gauge("lookbook_model_load_seconds", "Time the last load of a model took.",
                                      ["model"], registry=registry),
+            stage_latency=Histogram("lookbook_stage_seconds",
+                                    "Time one stage of a request took (queue wait, analyze, rank), in seconds.",
+                                    ["stage"], buckets=_LATENCY_BUCKETS, registry=registry),
         )
 
 
@@ -97,6 +101,11 @@ def count_quarantined(reason: str) -> None:
 
 def record_model_load(model: str, seconds: float) -> None:
     metrics().model_load_seconds.labels(model=model).set(seconds)
+
+
+def observe_stage(stage: str, seconds: float) -> None:
+    """One stage of a request: vision_queue (waiting for a vision thread), analyze, rank."""
+    metrics().stage_latency.labels(stage=stage).observe(seconds)
 
 
 _servers: dict[int, Any] = {}

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Protocol
@@ -14,13 +15,14 @@ from lookbook.common.v1 import garment_pb2
 from lookbook.outfit.v1 import outfit_pb2, outfit_pb2_grpc
 
 from services.gateway.access import ApiKeyInterceptor
-from services.gateway.ranking import PAIR, PUBLIC_STATUSES, Matcher, Path
+from services.gateway.ranking import PAIR, PUBLIC_STATUSES, Candidate, Matcher, Path
 from services.vision.client import VisionUnavailableError
 from services.vision.contract import KIND_TO_PROTO, box_to_proto
 from services.vision.server import MissingModelError, NoGarmentError
 from shared.grpc_runtime import add_health_and_reflection, bind, new_server
 from shared.images import ImageRejected
 from shared.look_messages import default_image_url, look_to_proto
+from shared.metrics import observe_stage
 from shared.models.pipeline import Analysis, Kind, KnownGarment
 from shared.settings import Settings
 from shared.store import InvalidLookError, LookRecord, LookStore, StoreError
@@ -122,12 +124,16 @@ class OutfitServicer(outfit_pb2_grpc.OutfitServiceServicer):
                 "or ship the compat artifact"
             )
         loop = asyncio.get_running_loop()
-        matches = await loop.run_in_executor(
-            self.executor,
-            lambda: self.matcher.candidates(
+
+        def rank() -> list[Candidate]:
+            started = time.perf_counter()
+            found = self.matcher.candidates(
                 garment.kind, garment.embedding, compat, path=PATHS[request.path], tags=tags, limit=limit
-            ),
-        )
+            )
+            observe_stage("rank", time.perf_counter() - started)
+            return found
+
+        matches = await loop.run_in_executor(self.executor, rank)
         pair = PAIR[garment.kind]
         response = outfit_pb2.MatchOutfitResponse(
             query=outfit_pb2.QueryGarment(

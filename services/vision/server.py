@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import logging
+import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -18,6 +19,7 @@ from lookbook.vision.v1 import vision_pb2, vision_pb2_grpc
 from services.vision.contract import PROTO_TO_KIND, analysis_to_proto, known_from_proto
 from shared.grpc_runtime import add_health_and_reflection, bind, new_server
 from shared.images import ImageLimits, ImageRejected, decode_image
+from shared.metrics import observe_stage
 from shared.models.pipeline import Analysis, Kind, KnownGarment, VisionPipeline
 from shared.settings import Settings
 
@@ -112,18 +114,23 @@ class LocalVision:
     ) -> Analysis:
         loop = asyncio.get_running_loop()
         context = contextvars.copy_context()  # the request id follows the work onto the pool thread
-        work = loop.run_in_executor(
-            self.executor,
-            lambda: context.run(
+        submitted = time.perf_counter()
+
+        def run() -> Analysis:
+            started = time.perf_counter()
+            observe_stage("vision_queue", started - submitted)
+            analysis = context.run(
                 self.analyze_sync,
                 data,
                 single_garment=single_garment,
                 kind_hint=kind_hint,
                 want_quality=want_quality,
                 known=known,
-            ),
-        )
-        return await asyncio.wait_for(work, timeout)
+            )
+            observe_stage("analyze", time.perf_counter() - started)
+            return analysis
+
+        return await asyncio.wait_for(loop.run_in_executor(self.executor, run), timeout)
 
 
 class VisionServicer(vision_pb2_grpc.VisionServiceServicer):

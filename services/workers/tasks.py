@@ -28,6 +28,7 @@ from services.workers.refresh import (
     plan_refresh,
     reembed,
 )
+from shared.heap import settle_heap
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +74,7 @@ def warm_up() -> None:
         rt = runtime()
         if not rt.settings.vision_addr:
             rt.analyzer  # noqa: B018 - loads the vision pipeline and the quality model
+        settle_heap()
         log.info("worker process ready", extra={"pid": os.getpid()})
     except Exception:
         # The first task will raise the same error, with its job, where someone looks for it.
