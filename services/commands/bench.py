@@ -43,61 +43,70 @@ def query_photos(data_dir: Path, count: int, min_side: int) -> list[bytes]:
     return photos[:count]
 
 
-def bare_forward_ms(photos: list[bytes], settings, repeats: int) -> dict[str, float]:  # type: ignore[no-untyped-def]
-    """Per query: the torch forward time of every backbone pass the pipeline makes, nothing else.
+class BareForward:
+    """The torch forward time of every backbone pass the pipeline makes for a query, nothing else.
 
-    One analyze per photo records the input shapes the backbone sees (detector and crops); those
-    shapes are then timed as bare forward passes, without decoding, preprocessing, gRPC or search.
+    One analyze per photo records the input shapes the backbone sees (detector and crops); `time(i)`
+    then runs those shapes as bare forward passes, without decoding, preprocessing, gRPC or search.
     The small heads (and the compatibility tail) are not in the bare figure, so the ratio errs high.
     """
-    import torch
 
-    from services.runtime import local_vision
+    def __init__(self, photos: list[bytes], settings) -> None:  # type: ignore[no-untyped-def]
+        from services.runtime import local_vision
 
-    vision = local_vision(settings)
-    backbone = vision.pipeline.backbone
-    shapes: list[list[tuple[int, ...]]] = []
-    current: list[tuple[int, ...]] = []
-    # Every backbone pass, whichever way the pipeline drives it (whole forward, or stage by stage for
-    # the detector and the compatibility stem), starts at conv_stem: record what it is fed.
-    hook = backbone.conv_stem.register_forward_pre_hook(lambda _m, args: current.append(tuple(args[0].shape)))
-    try:
-        for photo in photos[: min(len(photos), 20)]:
-            current = []
-            vision.analyze_sync(photo, single_garment=True)
-            shapes.append(list(current))
-    finally:
-        hook.remove()
-    per_query = []
-    with torch.inference_mode():
-        for query_shapes in shapes:
-            tensors = [torch.randn(shape) for shape in query_shapes]
-            for t in tensors:
-                backbone.forward_head(backbone.forward_features(t), pre_logits=True)
-            runs = []
+        vision = local_vision(settings)
+        self.model_version = vision.model_version
+        self.backbone = vision.pipeline.backbone
+        self.shapes: list[list[tuple[int, ...]]] = []
+        current: list[tuple[int, ...]] = []
+        # Every backbone pass, whichever way the pipeline drives it (whole forward, or stage by stage
+        # for the detector and the compatibility stem), starts at conv_stem: record what it is fed.
+        hook = self.backbone.conv_stem.register_forward_pre_hook(lambda _m, args: current.append(tuple(args[0].shape)))
+        try:
+            for photo in photos:
+                current = []
+                vision.analyze_sync(photo, single_garment=True)
+                self.shapes.append(list(current))
+        finally:
+            hook.remove()
+        self.samples: list[float] = []
+
+    def time(self, index: int, repeats: int = 1) -> float:
+        """Median over `repeats` of the bare passes of photo `index`, in ms; kept in `samples`."""
+        import torch
+
+        b = self.backbone
+        tensors = [torch.randn(shape) for shape in self.shapes[index % len(self.shapes)]]
+        runs = []
+        with torch.inference_mode():
             for _ in range(repeats):
                 started = time.perf_counter()
                 for t in tensors:
-                    backbone.forward_head(backbone.forward_features(t), pre_logits=True)
-                runs.append(time.perf_counter() - started)
-            per_query.append(statistics.median(runs) * 1000)
-    return {
-        "p50_ms": statistics.median(per_query),
-        "passes_per_query": statistics.mean(len(s) for s in shapes),
-        "model_version": vision.model_version,
-    }
+                    b.forward_head(b.forward_features(t), pre_logits=True)
+                runs.append((time.perf_counter() - started) * 1000)
+        self.samples.append(statistics.median(runs))
+        return self.samples[-1]
+
+    @property
+    def passes_per_query(self) -> float:
+        return statistics.mean(len(s) for s in self.shapes)
 
 
-def load(stub, photos: list[bytes], requests: int, concurrency: int, metadata, timeout: float):  # type: ignore[no-untyped-def]
+def load(  # type: ignore[no-untyped-def]
+    stub, photos: list[bytes], requests: int, concurrency: int, metadata, timeout: float, between=None
+):
+    """`requests` MatchOutfit calls from `concurrency` threads. With one thread, `between(i)` (if given)
+    runs after request i, outside the timed call; its time is left out of the throughput."""
     from lookbook.outfit.v1 import outfit_pb2
 
     latencies: list[float] = []
     errors = 0
+    paused = 0.0
     lock = threading.Lock()
     counter = iter(range(requests))
 
     def worker() -> None:
-        nonlocal errors
+        nonlocal errors, paused
         while True:
             with lock:
                 index = next(counter, None)
@@ -113,12 +122,16 @@ def load(stub, photos: list[bytes], requests: int, concurrency: int, metadata, t
                 continue
             with lock:
                 latencies.append((time.perf_counter() - started) * 1000)
+            if between is not None and concurrency == 1:
+                pause = time.perf_counter()
+                between(index)
+                paused += time.perf_counter() - pause
 
     started = time.perf_counter()
     with ThreadPoolExecutor(concurrency) as pool:
         for _ in range(concurrency):
             pool.submit(worker)
-    wall = time.perf_counter() - started
+    wall = time.perf_counter() - started - paused
     latencies.sort()
     if not latencies:
         fail("every request failed: is the gateway serving (make run)?")
@@ -145,7 +158,13 @@ def load(stub, photos: list[bytes], requests: int, concurrency: int, metadata, t
 @click.option("--requests", "n_requests", type=int, default=200, show_default=True, help="Requests per level.")
 @click.option("--concurrency", default="1,4,16", show_default=True, help="Comma-separated concurrency levels.")
 @click.option("--photos", type=int, default=100, show_default=True, help="Distinct query photos to cycle through.")
-@click.option("--repeats", type=int, default=10, show_default=True, help="Timed repeats of the bare forward.")
+@click.option(
+    "--repeats",
+    type=int,
+    default=10,
+    show_default=True,
+    help="Timed repeats of the bare forward when no concurrency-1 level runs (else one per request).",
+)
 @click.option("--json", "json_out", type=click.Path(dir_okay=False, path_type=Path), default=None)
 def bench_match(
     data_dir: Path,
@@ -166,27 +185,45 @@ def bench_match(
     if not levels or min(levels) < 1:
         fail("--concurrency takes positive whole numbers, e.g. 1,4,16")
     queries = query_photos(data_dir, photos, settings.min_image_side)
-    click.echo(f"timing the bare model forward on {min(20, len(queries))} queries ...", err=True)
-    bare = bare_forward_ms(queries, settings, repeats)
+    click.echo(f"recording the backbone passes of {len(queries)} queries ...", err=True)
+    bare = BareForward(queries, settings)
     results = []
     with gateway_channel(settings, gateway) as channel:
         stub = outfit_pb2_grpc.OutfitServiceStub(channel)
         metadata = api_metadata(settings, api_key)
         load(stub, queries, min(10, n_requests), 1, metadata, 60)  # warm-up
+        for i in range(min(10, len(queries))):
+            bare.time(i)  # warm-up, dropped below
+        bare.samples.clear()
         for level in tqdm(levels, desc="concurrency levels", file=sys.stderr):
-            results.append(load(stub, queries, n_requests, level, metadata, 120))
+            # At concurrency 1 the bare forward of each query is timed right after its request, so
+            # both see the same machine (this one's speed drifts by a third within seconds).
+            results.append(load(stub, queries, n_requests, level, metadata, 120, between=bare.time))
+    if not bare.samples:  # no concurrency-1 level: time the bare forward on its own
+        for i in range(min(len(queries), 20)):
+            bare.time(i, repeats)
+    bare_p50 = statistics.median(bare.samples)
+    interleaved = 1 in levels
     click.echo(
-        f"bare forward per query: {bare['p50_ms']:.1f} ms ({bare['passes_per_query']:.1f} backbone passes, "
-        f"{bare['model_version']})"
+        f"bare forward per query: {bare_p50:.1f} ms ({bare.passes_per_query:.1f} backbone passes, "
+        f"{bare.model_version}; {len(bare.samples)} samples"
+        f"{', interleaved with the concurrency-1 requests' if interleaved else ''})"
     )
     click.echo(f"{'concurrency':>11} {'p50 ms':>8} {'p99 ms':>8} {'req/s':>7} {'p50/bare':>9} {'errors':>6}")
     for r in results:
         click.echo(
             f"{r['concurrency']:>11} {r['p50_ms']:>8.1f} {r['p99_ms']:>8.1f} {r['throughput_rps']:>7.1f} "
-            f"{r['p50_ms'] / bare['p50_ms']:>9.2f} {r['errors']:>6}"
+            f"{r['p50_ms'] / bare_p50:>9.2f} {r['errors']:>6}"
         )
     if json_out:
-        json_out.write_text(json.dumps({"bare_forward": bare, "levels": results}, indent=2))
+        summary = {
+            "p50_ms": bare_p50,
+            "samples": len(bare.samples),
+            "interleaved": interleaved,
+            "passes_per_query": bare.passes_per_query,
+            "model_version": bare.model_version,
+        }
+        json_out.write_text(json.dumps({"bare_forward": summary, "levels": results}, indent=2))
 
 
 def register(main: click.Group) -> None:
