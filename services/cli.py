@@ -10,6 +10,10 @@ import importlib
 
 import click
 
+from shared.openmp import tune_openmp
+
+tune_openmp()  # before any command imports torch
+
 # Modules that add commands: each defines `register(main: click.Group) -> None`.
 COMMAND_MODULES: list[str] = [
     "services.commands.bench_store",

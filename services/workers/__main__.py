@@ -7,12 +7,14 @@ import sys
 
 from services.workers.app import MissingBrokerError, create_app
 from shared.logs import configure_logging
+from shared.openmp import tune_openmp
 from shared.settings import SettingsError, load_settings
 
 log = logging.getLogger(__name__)
 
 
 def main(argv: list[str]) -> int:
+    tune_openmp()  # before the worker processes load torch
     try:
         settings = load_settings()
     except SettingsError as exc:
