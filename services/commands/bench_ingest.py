@@ -39,7 +39,7 @@ def _bare_analyze(files: list[Path], settings: Any) -> float:
     return len(datas) / (time.perf_counter() - started)
 
 
-def _ingest(files: list[Path], workers: int, workdir: Path, redis_url: str) -> float:
+def _ingest(files: list[Path], workers: int, workdir: Path, redis_url: str, chunk_size: int) -> float:
     """Looks/s of a whole refresh on `workers` Celery processes (models loaded before the clock starts)."""
     from services.workers.embedded import CeleryLibrary, wait_for
     from services.workers.local_cluster import Worker, worker_env
@@ -50,7 +50,7 @@ def _ingest(files: list[Path], workers: int, workdir: Path, redis_url: str) -> f
     for path in files:
         shutil.copy(path, source / path.name)
     data_dir = workdir / f"data-{workers}"
-    settings = {"worker_concurrency": workers, "ingest_chunk_size": 2}
+    settings = {"worker_concurrency": workers, "ingest_chunk_size": chunk_size}
     worker = Worker(worker_env(redis_url, data_dir, **settings), workdir / f"worker-{workers}.log").start()
     try:
         worker.wait_ready()
@@ -82,13 +82,20 @@ def _ingest(files: list[Path], workers: int, workdir: Path, redis_url: str) -> f
     help="Looks per measurement (a few dozen are dominated by the job's fixed start-up cost).",
 )
 @click.option(
+    "--chunk-size",
+    type=click.IntRange(1),
+    default=None,
+    help="Looks per ingestion task [default: LOOKBOOK_INGEST_CHUNK_SIZE, what a deployment runs]. Each "
+    "task's store write changes hands between processes on the embedded store, so small chunks cost more.",
+)
+@click.option(
     "--json",
     "json_path",
     type=click.Path(dir_okay=False, path_type=Path),
     default=None,
     help="Also write the figures as JSON to this file.",
 )
-def bench_ingest(data: Path, n: int, json_path: Path | None) -> None:
+def bench_ingest(data: Path, n: int, chunk_size: int | None, json_path: Path | None) -> None:
     """Ingestion throughput (looks/s) of a refresh on 1 and 2 Celery worker processes, on a throwaway
     redis-server and store, beside the bare Analyze throughput of one process, in the same run.
 
@@ -100,16 +107,17 @@ def bench_ingest(data: Path, n: int, json_path: Path | None) -> None:
 
     files = _pick_looks(data, n)
     settings = load_settings()
+    chunk_size = chunk_size or settings.ingest_chunk_size
     click.echo(f"bare Analyze on {n} looks ...", err=True)
     bare = _bare_analyze(files, settings)
-    results: dict[str, Any] = {"n": n, "bare_analyze_looks_per_s": bare, "ingest": {}}
+    results: dict[str, Any] = {"n": n, "chunk_size": chunk_size, "bare_analyze_looks_per_s": bare, "ingest": {}}
     with tempfile.TemporaryDirectory(prefix="lookbook-bench-") as tmp:
         workdir = Path(tmp)
         try:
             with redis_server(workdir / "redis") as redis_url:
                 for workers in (1, 2):
                     click.echo(f"refresh on {workers} worker process(es) ...", err=True)
-                    rate = _ingest(files, workers, workdir, redis_url)
+                    rate = _ingest(files, workers, workdir, redis_url, chunk_size)
                     results["ingest"][str(workers)] = {
                         "looks_per_s": rate,
                         "per_worker_looks_per_s": rate / workers,
@@ -118,6 +126,7 @@ def bench_ingest(data: Path, n: int, json_path: Path | None) -> None:
         except RuntimeError as exc:
             raise click.ClickException(str(exc)) from None
     lines = [
+        f"{n} looks, {chunk_size} per ingestion task",
         f"{'path':<34}{'looks/s':>10}{'per process':>13}{'vs bare':>9}",
         f"{'bare Analyze (1 process)':<34}{bare:>10.2f}{bare:>13.2f}{1.0:>9.2f}",
     ]
