@@ -193,7 +193,6 @@ async def start(
             server, health_servicer, bound, names = curation(port(settings.curation_port))
             running.servers.append((server, health_servicer, names))
             running.ports["curation"] = bound
-        settle_heap()
         for server, health_servicer, names in running.servers:
             await server.start()
             await set_serving(health_servicer, names, True)
@@ -206,6 +205,7 @@ async def start(
 
 async def serve_forever(settings: Settings, service: str = "all") -> None:
     running = await start(settings, service)
+    settle_heap()  # a long-lived server: keep its start-up objects out of every later collection
     host = settings.host
     lines = [f"Lookbook is serving ({service}, {settings.mode.value} mode):"]
     for name, bound in running.ports.items():

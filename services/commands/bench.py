@@ -158,12 +158,16 @@ def load(  # type: ignore[no-untyped-def]
 )
 @click.option("--gateway", default=None, help="host:port of the running gateway [default: from settings].")
 @click.option("--api-key", default=None, help="API key, when the gateway requires one.")
-@click.option("--requests", "n_requests", type=int, default=200, show_default=True, help="Requests per level.")
+@click.option(
+    "--requests", "n_requests", type=click.IntRange(1), default=200, show_default=True, help="Requests per level."
+)
 @click.option("--concurrency", default="1,4,16", show_default=True, help="Comma-separated concurrency levels.")
-@click.option("--photos", type=int, default=100, show_default=True, help="Distinct query photos to cycle through.")
+@click.option(
+    "--photos", type=click.IntRange(1), default=100, show_default=True, help="Distinct query photos to cycle through."
+)
 @click.option(
     "--repeats",
-    type=int,
+    type=click.IntRange(1),
     default=10,
     show_default=True,
     help="Timed repeats of the bare forward when no concurrency-1 level runs (else one per request).",
