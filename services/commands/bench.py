@@ -10,6 +10,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import click
 import grpc
@@ -44,45 +45,75 @@ def query_photos(data_dir: Path, count: int, min_side: int) -> list[bytes]:
 
 
 class BareForward:
-    """The torch forward time of every backbone pass the pipeline makes for a query, nothing else.
+    """The forward time of every model a query runs, and nothing else.
 
-    One analyze per photo records the input shapes the backbone sees (detector and crops); `time(i)`
-    then runs those shapes as bare forward passes, without decoding, preprocessing, gRPC or search.
-    The small heads (and the compatibility tail) are not in the bare figure, so the ratio errs high.
+    One analyze per photo records what the backbone is fed (the detector's pass and the crops')
+    and the calls of the heads on top of it: the detector head, the category head, the appearance
+    projection and the compatibility projection, with their arguments. `time(i)` replays those for
+    photo i: the backbone passes on inputs of the same shapes, then the heads on the recorded
+    arguments. Decoding, resizing, colour features, search, ranking and gRPC are left out.
     """
 
     def __init__(self, photos: list[bytes], settings) -> None:  # type: ignore[no-untyped-def]
         from services.runtime import local_vision
 
         vision = local_vision(settings)
+        pipeline = vision.pipeline
         self.model_version = vision.model_version
-        self.backbone = vision.pipeline.backbone
+        self.backbone = pipeline.backbone
         self.shapes: list[list[tuple[int, ...]]] = []
+        self.heads: list[list[tuple[Any, tuple[Any, ...]]]] = []
         current: list[tuple[int, ...]] = []
-        # Every backbone pass, whichever way the pipeline drives it (whole forward, or stage by stage
-        # for the detector and the compatibility stem), starts at conv_stem: record what it is fed.
-        hook = self.backbone.conv_stem.register_forward_pre_hook(lambda _m, args: current.append(tuple(args[0].shape)))
+        calls: list[tuple[Any, tuple[Any, ...]]] = []
+        hooks = [
+            # Every backbone pass, whichever way the pipeline drives it (whole forward, or stage by
+            # stage for the detector and the compatibility stem), starts at conv_stem.
+            self.backbone.conv_stem.register_forward_pre_hook(lambda _m, args: current.append(tuple(args[0].shape)))
+        ]
+        if pipeline.detector is not None:
+            head = pipeline.detector.head
+            hooks.append(head.register_forward_pre_hook(lambda _m, args: calls.append((head, args))))
+        restore = []
+        for owner, name in ((pipeline.category, "probabilities"), (pipeline.embedding_model, "embed"),
+                            (pipeline.compat, "project_pooled")):
+            if owner is None or not hasattr(owner, name):
+                continue
+            original = getattr(owner, name)
+
+            def recording(*args: Any, _original: Any = original) -> Any:
+                calls.append((_original, args))
+                return _original(*args)
+
+            setattr(owner, name, recording)
+            restore.append((owner, name))
         try:
             for photo in photos:
-                current = []
+                current, calls = [], []
                 vision.analyze_sync(photo, single_garment=True)
                 self.shapes.append(list(current))
+                self.heads.append(list(calls))
         finally:
-            hook.remove()
+            for hook in hooks:
+                hook.remove()
+            for owner, name in restore:
+                delattr(owner, name)  # the instance attribute goes; the class method is back
         self.samples: list[float] = []
 
     def time(self, index: int, repeats: int = 1) -> float:
-        """Median over `repeats` of the bare passes of photo `index`, in ms; kept in `samples`."""
+        """Median over `repeats` of the model forwards of photo `index`, in ms; kept in `samples`."""
         import torch
 
         b = self.backbone
         tensors = [torch.randn(shape) for shape in self.shapes[index % len(self.shapes)]]
+        heads = self.heads[index % len(self.heads)]
         runs = []
         with torch.inference_mode():
             for _ in range(repeats):
                 started = time.perf_counter()
                 for t in tensors:
                     b.forward_head(b.forward_features(t), pre_logits=True)
+                for call, args in heads:
+                    call(*args)
                 runs.append((time.perf_counter() - started) * 1000)
         self.samples.append(statistics.median(runs))
         return self.samples[-1]
