@@ -21,8 +21,11 @@ def _pick_looks(data: Path, n: int) -> list[Path]:
     return files[:n]
 
 
-def _bare_analyze(files: list[Path], settings: Any) -> float:
-    """Looks/s of the same Analyze the workers run (vision pipeline + quality), one process, one thread."""
+def _bare_analyze(files: list[Path], settings: Any, barrier: Any = None) -> float:
+    """Looks/s of the same Analyze the workers run (vision pipeline + quality), one process, one thread.
+
+    With a barrier, the clock starts when every process sharing it has loaded its models.
+    """
     import torch
 
     from services.workers.refresh import QualityCheckedAnalyzer, limits_of, local_analyzer
@@ -33,10 +36,37 @@ def _bare_analyze(files: list[Path], settings: Any) -> float:
     datas = [p.read_bytes() for p in files]
     for data in datas[:2]:  # warm-up: first calls pay for lazy init
         analyzer.analyze_sync(data, want_quality=True)
+    if barrier is not None:
+        barrier.wait(timeout=600)
     started = time.perf_counter()
     for data in datas:
         analyzer.analyze_sync(data, want_quality=True)
     return len(datas) / (time.perf_counter() - started)
+
+
+def _bare_worker(files: list[Path], barrier: Any, results: Any) -> None:
+    from shared.settings import load_settings
+
+    results.put(_bare_analyze(files, load_settings(), barrier=barrier))
+
+
+def _bare_analyze_parallel(files: list[Path], processes: int) -> list[float]:
+    """Looks/s of each of `processes` bare Analyze processes running at once, each on all the files.
+
+    What this machine gives several single-threaded torch processes side by side, before any queue,
+    store or worker is involved: the ceiling for the per-process ingestion figures.
+    """
+    import multiprocessing
+
+    context = multiprocessing.get_context("spawn")
+    barrier, results = context.Barrier(processes), context.Queue()
+    workers = [context.Process(target=_bare_worker, args=(files, barrier, results)) for _ in range(processes)]
+    for worker in workers:
+        worker.start()
+    rates = [results.get(timeout=600) for _ in workers]
+    for worker in workers:
+        worker.join()
+    return rates
 
 
 def _ingest(files: list[Path], workers: int, workdir: Path, redis_url: str, chunk_size: int) -> float:
@@ -100,6 +130,7 @@ def bench_ingest(data: Path, n: int, chunk_size: int | None, json_path: Path | N
     redis-server and store, beside the bare Analyze throughput of one process, in the same run.
 
     Each worker process runs one torch thread, like the bare Analyze, so per-process figures compare.
+    Two bare Analyze processes side by side show what the machine itself gives two processes.
     Needs redis-server on PATH (`bash scripts/ensure_redis.sh`).
     """
     from services.workers.local_cluster import redis_server
@@ -110,7 +141,15 @@ def bench_ingest(data: Path, n: int, chunk_size: int | None, json_path: Path | N
     chunk_size = chunk_size or settings.ingest_chunk_size
     click.echo(f"bare Analyze on {n} looks ...", err=True)
     bare = _bare_analyze(files, settings)
-    results: dict[str, Any] = {"n": n, "chunk_size": chunk_size, "bare_analyze_looks_per_s": bare, "ingest": {}}
+    click.echo(f"bare Analyze on {n} looks, 2 processes at once ...", err=True)
+    side_by_side = _bare_analyze_parallel(files, 2)
+    results: dict[str, Any] = {
+        "n": n,
+        "chunk_size": chunk_size,
+        "bare_analyze_looks_per_s": bare,
+        "bare_analyze_2_processes_looks_per_s": side_by_side,
+        "ingest": {},
+    }
     with tempfile.TemporaryDirectory(prefix="lookbook-bench-") as tmp:
         workdir = Path(tmp)
         try:
@@ -129,6 +168,8 @@ def bench_ingest(data: Path, n: int, chunk_size: int | None, json_path: Path | N
         f"{n} looks, {chunk_size} per ingestion task",
         f"{'path':<34}{'looks/s':>10}{'per process':>13}{'vs bare':>9}",
         f"{'bare Analyze (1 process)':<34}{bare:>10.2f}{bare:>13.2f}{1.0:>9.2f}",
+        f"{'bare Analyze (2 processes at once)':<34}{sum(side_by_side):>10.2f}"
+        f"{sum(side_by_side) / 2:>13.2f}{sum(side_by_side) / 2 / bare:>9.2f}",
     ]
     for workers, row in results["ingest"].items():
         lines.append(
