@@ -152,6 +152,6 @@ def to_tensor(image: Image.Image) -> torch.Tensor:
     """RGB PIL image -> float tensor CHW normalised with mean = std = 0.5."""
     import numpy as np
 
-    array = np.asarray(image, dtype=np.float32) / 255.0
-    tensor = torch.from_numpy(array).permute(2, 0, 1)
-    return (tensor - 0.5) / 0.5
+    from shared.models.resize import normalised
+
+    return normalised(torch.from_numpy(np.array(image, dtype=np.uint8)).permute(2, 0, 1))
