@@ -52,12 +52,17 @@ class _Pooled:
     pair_vector: list[float] | None = field(default=None, repr=False)
 
 
+def _min_max(values: np.ndarray) -> np.ndarray:
+    """Scaled to [0, 1] over the pool; all 1.0 when the values (nearly) tie."""
+    low = float(values.min())
+    span = float(values.max()) - low
+    return (values - low) / span if span > 1e-9 else np.ones(len(values))
+
+
 def _normalised(values: dict[str, float]) -> dict[str, float]:
     if not values:
         return {}
-    low, high = min(values.values()), max(values.values())
-    span = high - low
-    return {k: (v - low) / span if span > 1e-9 else 1.0 for k, v in values.items()}
+    return dict(zip(values, _min_max(np.fromiter(values.values(), dtype=np.float64)).tolist(), strict=True))
 
 
 def mmr(scores: Sequence[float] | np.ndarray, vectors: np.ndarray | None, limit: int, diversity: float) -> list[int]:
@@ -71,9 +76,7 @@ def mmr(scores: Sequence[float] | np.ndarray, vectors: np.ndarray | None, limit:
     n = len(scores)
     if diversity <= 0 or n <= 1 or vectors is None:
         return list(range(min(n, limit)))
-    values = np.asarray(scores, dtype=np.float64)
-    span = float(values.max() - values.min())
-    relevance = (values - values.min()) / span if span > 1e-9 else np.ones(n)
+    relevance = _min_max(np.asarray(scores, dtype=np.float64))
     redundancy = np.zeros(n)
     open_ = np.ones(n, dtype=bool)
     chosen: list[int] = []
