@@ -1,8 +1,8 @@
 """Keeps Python's cyclic garbage collector off the request path of a long-running process.
 
 A served process holds several hundred thousand objects from start-up (torch modules, imports,
-protobuf descriptors). Each full collection walks all of them: about 5 ms on this machine, charged
-to whichever request happens to allocate at that moment. `gc.freeze()` moves them to a permanent
+protobuf descriptors). Each full collection walks all of them, charged to whichever request
+happens to allocate at that moment. `gc.freeze()` moves them to a permanent
 generation that collections skip; objects made later are collected as usual.
 """
 

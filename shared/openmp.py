@@ -1,7 +1,7 @@
 """OpenMP tuning, applied by every entry point before torch loads.
 
 torch's CPU kernels run on GNU OpenMP (libgomp). After each parallel region its idle threads spin
-for GOMP_SPINCOUNT iterations (300,000 by default: roughly 20 ms here) before they sleep. A served
+for GOMP_SPINCOUNT iterations (300,000 by default) before they sleep. A served
 request does a torch forward and then Python work (ranking, the store's search threads); with two
 cores, a spinning OpenMP thread took one of them for most of that work. 10,000 iterations still
 covers the gap between two layers of one forward, so the forward itself is as fast (measured with
