@@ -105,7 +105,10 @@ def build_backbone(*, verify: bool = True) -> nn.Module:
         raise WeightsError(f"{path} has sha256 {digest}, expected {WEIGHTS_SHA256}: reinstall {WEIGHTS_PACKAGE}")
     started = time.perf_counter()
     state = torch.load(path, map_location="cpu", weights_only=True)
-    model = timm.create_model("tf_efficientnet_lite0", pretrained=False)
+    # timm initialises the weights at random before they are replaced; fork the RNG so that loading
+    # the backbone never changes what a seeded training run draws next.
+    with torch.random.fork_rng(devices=[]):
+        model = timm.create_model("tf_efficientnet_lite0", pretrained=False)
     model.load_state_dict({map_key(k): v for k, v in state.items()}, strict=True)
     model.eval()
     log.info("backbone loaded", extra={"weights": str(path), "seconds": round(time.perf_counter() - started, 3)})

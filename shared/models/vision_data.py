@@ -37,15 +37,22 @@ PRODUCT_CATEGORIES: dict[str, Kind] = {
     "Tops": "top", "Outerwear": "top", "Bottoms": "bottom", "Dresses, jumpsuits and Complete set": "full_body",
 }
 _LOOK_KEYS: dict[str, Kind] = {"upper_box_xyxy": "top", "lower_box_xyxy": "bottom", "full_box_xyxy": "full_body"}
+# looks.json's `labels` lists: which tags name a top, a bottom or a full-body garment.
+_LABEL_LISTS: dict[str, Kind] = {"upper_labels": "top", "lower_labels": "bottom", "full_body_labels": "full_body"}
 
 
 @dataclass(frozen=True)
 class LookRecord:
-    """A street look with its annotated garment boxes (pixels); `boxes` is empty for tag-only looks."""
+    """A street look with its annotated garment boxes (pixels); `boxes` is empty for tag-only looks.
+
+    `worn` holds the kinds its labels name (a box look's box kinds; a tag-only look's from its tags),
+    so a tag-only look still teaches the detector which garments are present.
+    """
 
     id: str
     path: Path
     boxes: dict[Kind, BoxXYXY]
+    worn: frozenset[Kind] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -72,15 +79,20 @@ def load_looks(data_dir: Path) -> list[LookRecord]:
     path = data_dir / "looks" / "looks.json"
     if not path.is_file():
         raise FileNotFoundError(f"{path} is missing: pass --data pointing at a folder laid out like ../shared/data")
-    raw = json.loads(path.read_text())["looks"]
+    document = json.loads(path.read_text())
+    labels = document.get("labels", {})
+    tag_kinds: dict[str, Kind] = {}
+    for key, kind in _LABEL_LISTS.items():
+        tag_kinds.update({str(label): kind for label in labels.get(key, [])})
     looks = []
-    for look_id, rec in sorted(raw.items()):
+    for look_id, rec in sorted(document["looks"].items()):
         boxes: dict[Kind, BoxXYXY] = {}
         for key, kind in _LOOK_KEYS.items():
             if rec.get(key):
                 x0, y0, x1, y1 = (float(v) for v in rec[key])
                 boxes[kind] = (x0, y0, x1, y1)
-        looks.append(LookRecord(id=str(look_id), path=data_dir / "looks" / rec["image"], boxes=boxes))
+        worn = frozenset(boxes) | frozenset(tag_kinds[t] for t in rec.get("tags", []) if t in tag_kinds)
+        looks.append(LookRecord(id=str(look_id), path=data_dir / "looks" / rec["image"], boxes=boxes, worn=worn))
     return looks
 
 

@@ -134,7 +134,9 @@ def crop_features(
     backbone = shared_backbone().to(device)
     pooled = np.zeros((len(jobs), 1280), dtype=np.float16)
     colour = np.zeros((len(jobs), HIST_DIM), dtype=np.float32)
-    loader = torch.utils.data.DataLoader(_CropDataset(jobs), batch_size=batch_size,
+    # A generator of its own: the loader must not draw from the global RNG, or a training run that
+    # computes its features would initialise its head differently from one that finds them cached.
+    loader = torch.utils.data.DataLoader(_CropDataset(jobs), batch_size=batch_size, generator=torch.Generator(),
                                          num_workers=default_workers(device) if workers is None else workers)
     start = 0
     with torch.inference_mode(), tqdm(total=len(jobs), desc=desc, unit="crop") as bar:
@@ -153,19 +155,24 @@ def crop_features(
 
 @dataclass(frozen=True)
 class DetectJob:
+    """One training view. `boxes` empty and `worn` set: a tag-only look (presence known, boxes not)."""
+
     path: Path
     boxes: dict[Kind, BoxXYXY]
     view: int
     seed: str
+    worn: frozenset[Kind] = frozenset()
 
 
-def _target(boxes: dict[Kind, BoxXYXY], w: float, h: float) -> np.ndarray:
-    """[K, 5]: presence, then the box as xyxy fractions."""
-    out = np.zeros((len(DETECT_KINDS), 5), dtype=np.float32)
+def _target(boxes: dict[Kind, BoxXYXY], w: float, h: float, worn: frozenset[Kind] = frozenset()) -> np.ndarray:
+    """[K, 6]: presence, the box as xyxy fractions, and whether the box is known (1) or only the presence (0)."""
+    out = np.zeros((len(DETECT_KINDS), 6), dtype=np.float32)
     for k, kind in enumerate(DETECT_KINDS):
         if kind in boxes:
             x0, y0, x1, y1 = boxes[kind]
-            out[k] = (1.0, x0 / w, y0 / h, x1 / w, y1 / h)
+            out[k] = (1.0, x0 / w, y0 / h, x1 / w, y1 / h, 1.0)
+        elif kind in worn:
+            out[k, 0] = 1.0
     return np.clip(out, 0, 1)
 
 
@@ -185,18 +192,19 @@ class _DetectDataset(torch.utils.data.Dataset[tuple[torch.Tensor, torch.Tensor]]
             kind = boxes["__extent__"]  # type: ignore[index]
             boxes = {} if kind == "other" else {kind: foreground_box(image)}  # type: ignore[dict-item]
         image, boxes = detection_view(image, boxes, job.view, job.seed)
-        return detector_mod.detector_input(image), torch.from_numpy(_target(boxes, *image.size))
+        return detector_mod.detector_input(image), torch.from_numpy(_target(boxes, *image.size, job.worn))
 
 
 def detect_features(
     jobs: Sequence[DetectJob], *, device: torch.device, cache_dir: Path = DEFAULT_CACHE_DIR,
     batch_size: int = 64, workers: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Stride-16 and stride-32 maps (float16) and targets [N,K,5] of each detection view, cached."""
+    """The frozen backbone's stride-16 and stride-32 maps (float16) and the target [N,K,6] of each
+    detection view, cached."""
     from shared.models.backbone import shared_backbone
 
-    key = _digest([CACHE_VERSION, "detect", detector_mod.DETECT_SIZE,
-                   *[(_file_key(j.path), sorted(j.boxes.items()), j.view, j.seed) for j in jobs]])
+    key = _digest([CACHE_VERSION, "detect-2", detector_mod.DETECT_SIZE,
+                   *[(_file_key(j.path), sorted(j.boxes.items()), j.view, j.seed, sorted(j.worn)) for j in jobs]])
     file = cache_dir / f"detect-{key}.npz"
     if file.is_file():
         with np.load(file) as cached:
@@ -205,8 +213,8 @@ def detect_features(
     g = detector_mod.DETECT_SIZE
     s16 = np.zeros((len(jobs), detector_mod.S16_CHANNELS, g // 16, g // 16), dtype=np.float16)
     s32 = np.zeros((len(jobs), detector_mod.S32_CHANNELS, g // 32, g // 32), dtype=np.float16)
-    target = np.zeros((len(jobs), len(DETECT_KINDS), 5), dtype=np.float32)
-    loader = torch.utils.data.DataLoader(_DetectDataset(jobs), batch_size=batch_size,
+    target = np.zeros((len(jobs), len(DETECT_KINDS), 6), dtype=np.float32)
+    loader = torch.utils.data.DataLoader(_DetectDataset(jobs), batch_size=batch_size, generator=torch.Generator(),
                                          num_workers=default_workers(device) if workers is None else workers)
     start = 0
     with torch.inference_mode(), tqdm(total=len(jobs), desc="detector features", unit="view") as bar:
@@ -228,10 +236,19 @@ def detect_features(
 
 
 def detection_jobs(data_dir: Path, split: Split, *, look_views: int, photo_views: int,
-                   photo_fraction: float = 1.0) -> list[DetectJob]:
+                   photo_fraction: float = 1.0, tag_views: int = 0) -> list[DetectJob]:
+    """Views of the annotated looks, of the tag-only looks (presence only) and of a share of the photos.
+
+    A tag-only look gets only views 0 and 1 (the photo, and a mirror of it): a crop could cut a
+    garment away, and without its box we could not tell.
+    """
     jobs = []
-    for look in pick_split([lk for lk in load_looks(data_dir) if lk.boxes], split):
-        jobs += [DetectJob(look.path, look.boxes, v, f"look:{look.id}") for v in range(look_views)]
+    looks = pick_split(load_looks(data_dir), split)
+    for look in looks:
+        if look.boxes:
+            jobs += [DetectJob(look.path, look.boxes, v, f"look:{look.id}") for v in range(look_views)]
+        elif look.worn:
+            jobs += [DetectJob(look.path, {}, v, f"look:{look.id}", look.worn) for v in range(min(tag_views, 2))]
     rng = np.random.default_rng(SEED)
     for photo in pick_split(load_garment_photos(data_dir), split):
         if rng.random() < photo_fraction:
@@ -253,58 +270,81 @@ def _giou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return inter / union - (hull - union) / hull
 
 
+def _edge_nll(probs: torch.Tensor, truth: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Cross-entropy of edge distributions [M,2,B] against a Gaussian of width `sigma` at each true edge [M,2]."""
+    centres = detector_mod.bin_centres(probs.shape[-1], probs.dtype).to(probs.device)
+    wanted = torch.exp(-0.5 * ((centres - truth[..., None]) / sigma) ** 2)
+    wanted = wanted / wanted.sum(-1, keepdim=True)
+    return -(wanted * probs.clamp_min(1e-8).log()).sum(-1).mean()
+
+
+def detector_loss(out: detector_mod.HeadOutput, target: torch.Tensor, *, edge_weight: float = 0.1,
+                  edge_sigma: float = 0.03) -> torch.Tensor:
+    """Presence BCE on every kind; on the boxes that are known, L1 and GIoU of the decoded box plus a
+    small cross-entropy that pulls each edge's distribution to a narrow peak at the true edge."""
+    _, boxes = detector_mod.decode(out)
+    loss = nn.functional.binary_cross_entropy_with_logits(out.presence, target[..., 0])
+    mask = target[..., 5] > 0.5
+    if mask.any():
+        truth = target[..., 1:5][mask]
+        loss = loss + (boxes[mask] - truth).abs().sum(-1).mean() * 2.0 + (1 - _giou(boxes[mask], truth)).mean()
+        if edge_weight:
+            cols = detector_mod.edge_distribution(out.columns)[mask]
+            rows = detector_mod.edge_distribution(out.rows)[mask]
+            # Profiles are (x0, x1) and (y0, y1); a box's decoded edges are their min and max, so
+            # the truth is matched in that order.
+            loss = loss + edge_weight * (_edge_nll(cols, truth[:, 0::2], edge_sigma)
+                                         + _edge_nll(rows, truth[:, 1::2], edge_sigma))
+    return loss
+
+
+DETECTOR_CONFIG: dict[str, Any] = {"r16": 64, "r32": 96, "width": 96, "dropout": 0.2}
+
+
 def train_detector(
     data_dir: Path, *, device: torch.device, look_views: int = 4, photo_views: int = 1,
-    photo_fraction: float = 0.15, epochs: int = 40, batch_size: int = 128, lr: float = 2e-3,
+    photo_fraction: float = 0.15, tag_views: int = 2, epochs: int = 5, batch_size: int = 64, lr: float = 2e-3,
+    edge_weight: float = 0.1, config: dict[str, Any] | None = None, seed: int = SEED,
     cache_dir: Path = DEFAULT_CACHE_DIR,
 ) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
-    """Returns (artifact state, params, training data summary)."""
-    torch.manual_seed(SEED)
+    """Trains the detector head on the cached maps of the frozen backbone.
+
+    Returns (artifact state, params, training data summary).
+    """
+    torch.manual_seed(seed)
     jobs = detection_jobs(data_dir, "train", look_views=look_views, photo_views=photo_views,
-                          photo_fraction=photo_fraction)
+                          photo_fraction=photo_fraction, tag_views=tag_views)
     s16, s32, target = detect_features(jobs, device=device, cache_dir=cache_dir)
-    config: dict[str, Any] = {"c16": 32, "c32": 64, "grid": detector_mod.DETECT_SIZE // 32, "fc": 256}
-    head = detector_mod.DetectorHead(**config)
-    reduced = []
-    with torch.no_grad():
-        sample = torch.from_numpy(np.sort(np.random.default_rng(SEED).permutation(len(jobs))[:300]))
-        head.fit_reduction(torch.from_numpy(s16[sample.numpy()]), torch.from_numpy(s32[sample.numpy()]))
-        for i in range(0, len(jobs), 256):
-            reduced.append(head.reduce(torch.from_numpy(s16[i:i + 256]).float(),
-                                       torch.from_numpy(s32[i:i + 256]).float()))
-    head = head.to(device)
-    x, t = torch.cat(reduced).to(device), torch.from_numpy(target).to(device)
-    opt = torch.optim.AdamW(head.mlp.parameters(), lr=lr, weight_decay=1e-2)
+    config = dict(DETECTOR_CONFIG if config is None else config)
+    head = detector_mod.DetectorHead(**config).to(device)
+    x16, x32, t = torch.from_numpy(s16), torch.from_numpy(s32), torch.from_numpy(target)
+    opt = torch.optim.AdamW(head.parameters(), lr=lr, weight_decay=1e-2)
     steps = epochs * ((len(jobs) + batch_size - 1) // batch_size)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.1)
-    gen = torch.Generator().manual_seed(SEED)
-    head.train()
-    for _epoch in tqdm(range(epochs), desc="train detector", unit="epoch"):
-        order = torch.randperm(len(jobs), generator=gen).to(device)
-        for i in range(0, len(jobs), batch_size):
-            idx = order[i:i + batch_size]
-            raw = head.mlp(x[idx]).view(-1, len(DETECT_KINDS), 5)
-            _, boxes = detector_mod.decode(raw)
-            tt = t[idx]
-            present = tt[..., 0]
-            loss_p = nn.functional.binary_cross_entropy_with_logits(raw[..., 0], present)
-            mask = present > 0.5
-            if mask.any():
-                loss_b = (boxes[mask] - tt[..., 1:][mask]).abs().sum(-1).mean() * 2.0
-                loss_b = loss_b + (1 - _giou(boxes[mask], tt[..., 1:][mask])).mean()
-            else:
-                loss_b = torch.zeros((), device=device)
-            loss = loss_p + loss_b
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            sched.step()
+    gen = torch.Generator().manual_seed(seed)
+    with tqdm(total=steps, desc="train detector", unit="batch") as bar:
+        for epoch in range(epochs):
+            head.train()
+            order = torch.randperm(len(jobs), generator=gen)
+            total = 0.0
+            for i in range(0, len(jobs), batch_size):
+                idx = order[i:i + batch_size]
+                out = head(x16[idx].float().to(device), x32[idx].float().to(device))
+                loss = detector_loss(out, t[idx].to(device), edge_weight=edge_weight)
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+                sched.step()
+                total += float(loss.detach()) * len(idx)
+                bar.update(1)
+            bar.set_postfix(epoch=epoch + 1, loss=f"{total / len(jobs):.3f}")
     head = head.cpu().eval()
-    params = {"detect_size": detector_mod.DETECT_SIZE, "look_views": look_views, "photo_views": photo_views,
-              "photo_fraction": photo_fraction, "epochs": epochs, "batch_size": batch_size, "lr": lr,
-              "seed": SEED, "head": config}
+    params = {"detect_size": detector_mod.DETECT_SIZE, "edge_bins": detector_mod.EDGE_BINS, "look_views": look_views,
+              "photo_views": photo_views, "photo_fraction": photo_fraction, "tag_views": tag_views, "epochs": epochs,
+              "batch_size": batch_size, "lr": lr, "edge_weight": edge_weight, "seed": seed, "head": config}
     data = {"dir": str(data_dir), "split": "train", "views": len(jobs),
-            "looks": sum(1 for j in jobs if j.seed.startswith("look:") and j.view == 0),
+            "looks": sum(1 for j in jobs if j.seed.startswith("look:") and j.view == 0 and j.boxes),
+            "tag_looks": sum(1 for j in jobs if j.seed.startswith("look:") and j.view == 0 and not j.boxes),
             "photos": sum(1 for j in jobs if j.seed.startswith("photo:") and j.view == 0)}
     return detector_mod.head_state(head, config), params, data
 
@@ -416,41 +456,51 @@ def train_embedding(
 def evaluate_detection(data_dir: Path, split: Split, *, device: torch.device,
                        detector: detector_mod.GarmentDetector | None, cache_dir: Path = DEFAULT_CACHE_DIR,
                        presence_threshold: float = 0.5) -> dict[str, Any]:
-    """Hit rate at IoU >= 0.5 and mean IoU for top and bottom on the annotated looks, detector vs the rule."""
+    """Hit rate at IoU >= 0.5 and mean IoU for top and bottom on the annotated looks, detector vs the rule.
+
+    A hit needs the garment's presence at the threshold too. Beside it: how many of the garments
+    were missed on presence alone, and how often the detector claims a garment that an annotated
+    look does not show (its false-presence rate), which the hit rate alone would not punish.
+    """
     looks = pick_split([lk for lk in load_looks(data_dir) if lk.boxes], split)
     out: dict[str, Any] = {"looks": len(looks)}
     predictions: list[list[detector_mod.Detection]] = []
     if detector is not None:
         jobs = [DetectJob(lk.path, lk.boxes, 0, f"look:{lk.id}") for lk in looks]
         s16, s32, _ = detect_features(jobs, device=device, cache_dir=cache_dir)
-        with torch.inference_mode():
-            presence, boxes = detector_mod.decode(detector.head(torch.from_numpy(s16).float(),
-                                                                torch.from_numpy(s32).float()))
-        for lk, p, b in zip(looks, presence.numpy(), boxes.numpy(), strict=True):
+        presence, boxes = detector.predict(torch.from_numpy(s16), torch.from_numpy(s32))
+        for lk, p, b in zip(looks, presence, boxes, strict=True):
             with Image.open(lk.path) as im:
                 w, h = im.size
             predictions.append([detector_mod.Detection(kind, (b[k, 0] * w, b[k, 1] * h, b[k, 2] * w, b[k, 3] * h),
                                                        float(p[k])) for k, kind in enumerate(DETECT_KINDS)])
-    for kind in ("top", "bottom"):
-        rule_ious, det_ious, det_hits = [], [], []
+    for kind in DETECT_KINDS:
+        rule_ious, det_ious, det_hits, missed, false_present, absent = [], [], [], 0, 0, 0
         for i, lk in enumerate(looks):
+            found = predictions[i][DETECT_KINDS.index(kind)] if predictions else None
             if kind not in lk.boxes:
+                absent += 1
+                false_present += int(found is not None and found.confidence >= presence_threshold)
                 continue
             truth = lk.boxes[kind]
-            with Image.open(lk.path) as im:
-                w, h = im.size
-            fx0, fy0, fx1, fy1 = LOOK_RULE[kind]
-            rule_ious.append(iou((fx0 * w, fy0 * h, fx1 * w, fy1 * h), truth))
-            if predictions:
-                found = predictions[i][DETECT_KINDS.index(kind)]
+            if kind in LOOK_RULE:
+                with Image.open(lk.path) as im:
+                    w, h = im.size
+                fx0, fy0, fx1, fy1 = LOOK_RULE[kind]
+                rule_ious.append(iou((fx0 * w, fy0 * h, fx1 * w, fy1 * h), truth))
+            if found is not None:
                 value = iou(found.box, truth)
                 det_ious.append(value)
                 det_hits.append(value >= 0.5 and found.confidence >= presence_threshold)
-        entry = {"n": len(rule_ious),
-                 "rule_hit_rate": float(np.mean(np.array(rule_ious) >= 0.5)) if rule_ious else None,
-                 "rule_mean_iou": float(np.mean(rule_ious)) if rule_ious else None}
+                missed += int(found.confidence < presence_threshold)
+        entry: dict[str, Any] = {"n": len(det_ious) or len(rule_ious), "absent": absent}
+        if rule_ious:
+            entry.update(rule_hit_rate=float(np.mean(np.array(rule_ious) >= 0.5)),
+                         rule_mean_iou=float(np.mean(rule_ious)))
         if det_ious:
-            entry.update(hit_rate=float(np.mean(det_hits)), mean_iou=float(np.mean(det_ious)))
+            entry.update(hit_rate=float(np.mean(det_hits)), mean_iou=float(np.mean(det_ious)), missed_presence=missed)
+        if predictions and absent:
+            entry["false_presence_rate"] = false_present / absent
         out[kind] = entry
     return out
 

@@ -81,24 +81,105 @@ def test_dev_split_is_fixed_and_about_a_fifth() -> None:
     assert [is_val(i) for i in ids[:50]] == [is_val(i) for i in ids[:50]]
 
 
+def _maps(n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    g = detector_mod.DETECT_SIZE
+    return (torch.randn(n, detector_mod.S16_CHANNELS, g // 16, g // 16),
+            torch.randn(n, detector_mod.S32_CHANNELS, g // 32, g // 32))
+
+
 def test_detector_head_shapes_and_decoded_boxes() -> None:
     head = detector_mod.DetectorHead().eval()
-    g = detector_mod.DETECT_SIZE
-    raw = head(torch.randn(2, detector_mod.S16_CHANNELS, g // 16, g // 16),
-               torch.randn(2, detector_mod.S32_CHANNELS, g // 32, g // 32))
-    presence, boxes = detector_mod.decode(raw)
+    out = head(*_maps(2))
+    g = detector_mod.DETECT_SIZE // 16
+    assert out.columns.shape == (2, len(DETECT_KINDS), 2, g) and out.rows.shape == (2, len(DETECT_KINDS), 2, g)
+    presence, boxes = detector_mod.decode(out)
     assert presence.shape == (2, len(DETECT_KINDS)) and boxes.shape == (2, len(DETECT_KINDS), 4)
-    assert bool((boxes[..., 2] >= boxes[..., 0]).all() and (boxes >= 0).all() and (boxes <= 1).all())
+    assert bool((boxes[..., 2] >= boxes[..., 0]).all() and (boxes[..., 3] >= boxes[..., 1]).all())
+    assert bool((boxes >= 0).all() and (boxes <= 1).all())
+
+
+def test_edge_profiles_decode_to_their_peaks() -> None:
+    # Sharp profiles at columns 2 and 7, rows 1 and 8 of a 10-cell map decode to those cells' centres.
+    cells = 10
+    columns = torch.full((1, 1, 2, cells), -50.0)
+    rows = torch.full((1, 1, 2, cells), -50.0)
+    columns[0, 0, 0, 2] = columns[0, 0, 1, 7] = 50.0
+    rows[0, 0, 0, 8] = rows[0, 0, 1, 1] = 50.0  # given in either order: the box is still y0 <= y1
+    presence, boxes = detector_mod.decode(detector_mod.HeadOutput(torch.zeros(1, 1), columns, rows))
+    assert boxes[0, 0].tolist() == pytest.approx([0.25, 0.15, 0.75, 0.85], abs=0.02)
+    assert presence.item() == pytest.approx(0.5)
+
+
+def test_detector_head_learns_boxes_and_presence_from_maps() -> None:
+    from shared.models.vision_training import detector_loss
+
+    torch.manual_seed(0)
+    s16, s32 = _maps(16)
+    # Each kind's box moves with a feature the maps carry: the head must read it off them.
+    shift = (s16[:, 0].mean(dim=(1, 2)) > 0).float()
+    target = torch.zeros(16, len(DETECT_KINDS), 6)
+    one = torch.ones(16)
+    target[:, 0] = torch.stack([one, 0.2 + 0.2 * shift, 0.1 * one, 0.8 * one, 0.4 + 0.2 * shift, one], 1)
+    target[:, 1, 0] = shift  # the bottom is present exactly when the feature is on
+    head = detector_mod.DetectorHead()
+    opt = torch.optim.AdamW(head.parameters(), lr=3e-3)
+    first = float(detector_loss(head(s16, s32), target).detach())
+    for _ in range(150):
+        loss = detector_loss(head(s16, s32), target)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    head.eval()
+    presence, boxes = detector_mod.decode(head(s16, s32))
+    assert float(loss.detach()) < first / 3
+    assert boxes[:, 0, 0].tolist() == pytest.approx((0.2 + 0.2 * shift).tolist(), abs=0.05)
+    assert boxes[:, 0, 3].tolist() == pytest.approx((0.4 + 0.2 * shift).tolist(), abs=0.05)
+    assert ((presence[:, 1] > 0.5).float() == shift).all()
+
+
+def test_tag_only_looks_teach_presence_but_not_boxes(tmp_path: Path) -> None:
+    import json
+
+    from shared.models.vision_data import load_looks
+    from shared.models.vision_training import _target, detection_jobs
+
+    (tmp_path / "looks" / "images").mkdir(parents=True)
+    document = {
+        "labels": {"upper_labels": ["blouse"], "lower_labels": ["skirt"], "full_body_labels": ["dress"]},
+        "looks": {
+            "1": {"image": "images/1.jpg", "annotation": "boxes", "upper_box_xyxy": [10, 10, 90, 50]},
+            "2": {"image": "images/2.jpg", "annotation": "tags", "tags": ["blouse", "skirt", "hair"]},
+            "3": {"image": "images/3.jpg", "annotation": "tags", "tags": ["hair"]},
+        },
+    }
+    (tmp_path / "looks" / "looks.json").write_text(json.dumps(document))
+    looks = {lk.id: lk for lk in load_looks(tmp_path)}
+    assert looks["1"].worn == {"top"} and looks["2"].worn == {"top", "bottom"} and not looks["3"].worn
+    assert not looks["2"].boxes
+
+    # A tag-only look: present, box unknown (last column 0); a box look: box known.
+    tagged = _target({}, 100, 100, looks["2"].worn)
+    assert tagged[:, 0].tolist() == [1.0, 1.0, 0.0] and tagged[:, 5].tolist() == [0.0, 0.0, 0.0]
+    boxed = _target(looks["1"].boxes, 100, 100)
+    assert boxed[0].tolist() == pytest.approx([1.0, 0.1, 0.1, 0.9, 0.5, 1.0]) and boxed[1:].sum() == 0
+
+    # Tag-only looks get no crop views (a crop could cut a garment whose box we do not know).
+    jobs = detection_jobs(tmp_path, "all", look_views=4, photo_views=1, tag_views=4)
+    assert sorted(j.view for j in jobs if j.seed == "look:2") == [0, 1]
+    assert sorted(j.view for j in jobs if j.seed == "look:1") == [0, 1, 2, 3]
+    assert not [j for j in jobs if j.seed == "look:3"]
 
 
 def test_heads_round_trip_through_artifacts(tmp_path: Path) -> None:
-    head = detector_mod.DetectorHead()
-    save_artifact("detector", detector_mod.head_state(head, {"c16": 32, "c32": 64, "grid": 5, "fc": 256}),
+    head = detector_mod.DetectorHead(width=64).eval()
+    save_artifact("detector", detector_mod.head_state(head, {"width": 64}),
                   version="detector-t", training_data={}, params={}, metrics={}, models_dir=tmp_path)
     loaded = load_artifact("detector", tmp_path)
     assert loaded is not None
     restored = detector_mod.head_from_state(loaded[0])
-    assert restored.mlp[-1].weight.shape == head.mlp[-1].weight.shape
+    maps = _maps(1)
+    with torch.inference_mode():
+        assert torch.allclose(detector_mod.decode(restored(*maps))[1], detector_mod.decode(head(*maps))[1], atol=2e-3)
 
     projection = embedding_mod.EmbeddingProjection()
     save_artifact("embedding", embedding_mod.projection_state(projection, {"dim": 256, "colour_weight": 0.5}),
@@ -174,3 +255,26 @@ def test_colour_words_and_histogram_share_one_lab_pass() -> None:
     lab = centre_lab(crop)
     np.testing.assert_array_equal(colour_histogram(crop, lab=lab), colour_histogram(crop))
     assert colour_names(crop, lab=lab) == colour_names(crop)
+
+
+def test_feature_extraction_leaves_the_global_rng_alone(tmp_path: Path) -> None:
+    # Training seeds torch, then computes (or reads cached) features, then initialises its head:
+    # the features must not draw from the global RNG, or a cached run trains a different head.
+    from shared.models.vision_training import CropJob, DetectJob, crop_features, detect_features
+
+    paths = []
+    for i, colour in enumerate(("red", "navy")):
+        image = Image.new("RGB", (120, 180), "white")
+        ImageDraw.Draw(image).rectangle((30, 20, 90, 90), fill=colour)
+        paths.append(tmp_path / f"{i}.jpg")
+        image.save(paths[-1])
+    detect_jobs = [DetectJob(p, {"top": (30.0, 20.0, 90.0, 90.0)}, 0, f"look:{i}") for i, p in enumerate(paths)]
+    crop_jobs = [CropJob(p, (30.0, 20.0, 90.0, 90.0), 0, f"look:{i}") for i, p in enumerate(paths)]
+    torch.manual_seed(0)
+    expected = torch.rand(4)
+    for _ in range(2):  # computed, then read from the cache
+        torch.manual_seed(0)
+        s16, s32, target = detect_features(detect_jobs, device=torch.device("cpu"), cache_dir=tmp_path / "cache")
+        crop_features(crop_jobs, device=torch.device("cpu"), cache_dir=tmp_path / "cache")
+        assert torch.equal(torch.rand(4), expected)
+    assert s16.shape[0] == s32.shape[0] == 2 and target[:, 0, 0].tolist() == [1.0, 1.0]
