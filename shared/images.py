@@ -47,6 +47,10 @@ def decode_image(data: bytes, limits: ImageLimits) -> Image.Image:
         image = Image.open(io.BytesIO(data))
     except UnidentifiedImageError:
         raise ImageRejected("the bytes are not a recognised image: send a JPEG, PNG or WebP photo") from None
+    except (OSError, SyntaxError, ValueError) as exc:
+        # A header cut short (a JPEG that ends inside its markers, a WebP without its frame) fails
+        # here, before any pixel is read.
+        raise ImageRejected(f"the image is corrupt or truncated ({exc}): re-export or re-upload the photo") from None
     if image.format not in ACCEPTED_FORMATS:
         raise ImageRejected(f"{image.format} images are not supported: convert the photo to JPEG, PNG or WebP")
     width, height = image.size

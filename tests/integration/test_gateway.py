@@ -150,6 +150,7 @@ def bad_inputs() -> dict[str, bytes]:
         "empty": b"",
         "corrupt": b"\xff\xd8\xff\xe0" + b"\x00garbage" * 100,
         "truncated": good[: len(good) // 2],
+        "cut inside its header": good[:200],
         "50 megapixel png": _png(10_000, 5_000),
         "text file": b"this is not a photo\n" * 50,
         "20 MB message": b"\xff\xd8\xff" + b"\x00" * (20 * 2**20),

@@ -106,6 +106,14 @@ def test_truncated_jpeg_is_rejected() -> None:
         decode_image(data[: len(data) * 2 // 3], ImageLimits())
 
 
+@pytest.mark.parametrize("fmt, keep", [("JPEG", 200), ("WEBP", 20)])
+def test_image_cut_inside_its_header_is_rejected(fmt: str, keep: int) -> None:
+    # Pillow fails these in Image.open with a bare OSError (not UnidentifiedImageError).
+    data = _encode(Image.new("RGB", (200, 300), "red"), fmt)
+    with pytest.raises(ImageRejected, match="corrupt or truncated"):
+        decode_image(data[:keep], ImageLimits())
+
+
 def test_token_bucket_limits_and_refills(monkeypatch: pytest.MonkeyPatch) -> None:
     clock = [100.0]
     monkeypatch.setattr("services.gateway.access.time.monotonic", lambda: clock[0])
