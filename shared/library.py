@@ -266,6 +266,8 @@ def ingest_look(
         raise ImageRejected(f"{item.path} does not exist: fix the source or remove the entry") from None
     except PermissionError:
         raise ImageRejected(f"{item.path} is not readable: fix its permissions") from None
+    except OSError as exc:  # a directory, a broken link, an I/O error of the file itself
+        raise ImageRejected(f"{item.path} could not be read ({exc.strerror or exc}): fix or remove it") from None
     sha256 = hashlib.sha256(data).hexdigest()
     look_id = look_id_for_sha256(sha256)
     if skip_existing and (existing := store.get(look_id)) is not None:

@@ -113,9 +113,9 @@ def limits_of(settings: Settings) -> Any:
 def local_analyzer(settings: Settings) -> Any:
     """The vision pipeline in this process (LocalVision: decode, validate, analyze)."""
     from services.vision.server import LocalVision
-    from shared.models.pipeline import VisionPipeline
+    from shared.models.pipeline import pipeline_for
 
-    return LocalVision(VisionPipeline(settings.models_dir, torch_threads=settings.torch_threads or 1), settings)
+    return LocalVision(pipeline_for(settings, torch_threads=settings.torch_threads or 1), settings)
 
 
 def remote_analyzer(settings: Settings) -> Any:
@@ -428,11 +428,9 @@ def ingest_looks(rt: LibraryRuntime, items: Sequence[Any], job_id: str) -> list[
             if rt.jobs.outcome_of(job_id, path) == "done":
                 results.append(IngestResult(path, "exists"))
                 continue
-            if (reason := undecodable(item.path, limits_of(rt.settings))) is not None:
-                quarantine(rt, job_id, path, reason)
-                results.append(IngestResult(path, "quarantined"))
-                continue
             try:
+                # Every fault of the file itself (unreadable, not an image, corrupt, over a limit)
+                # comes out of the analyzer as ImageRejected: permanent, quarantined.
                 outcome = ingest_look(
                     item,
                     analyzer=rt.analyzer,
@@ -466,27 +464,6 @@ def ingest_looks(rt: LibraryRuntime, items: Sequence[Any], job_id: str) -> list[
                 },
             )
     return results
-
-
-def undecodable(path: Path, limits: Any) -> str | None:
-    """Why the image at `path` cannot be ingested, or None when it decodes within the limits.
-
-    Checked before any other work so that every fault of the file itself is permanent and quarantined;
-    some broken headers make Pillow raise OSError from Image.open, which decode_image does not wrap.
-    """
-    from shared.images import ImageRejected, decode_image
-
-    try:
-        data = Path(path).read_bytes()
-    except OSError as exc:
-        return f"unreadable: {exc.strerror or exc}"
-    try:
-        decode_image(data, limits)
-    except ImageRejected as exc:
-        return str(exc)
-    except (OSError, SyntaxError, ValueError) as exc:
-        return f"the image is corrupt or truncated ({exc}): re-export or re-upload the photo"
-    return None
 
 
 def reembed(rt: LibraryRuntime, model_version: str) -> int:
