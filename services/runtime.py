@@ -50,9 +50,9 @@ class Running:
 
 def local_vision(settings: Settings):  # type: ignore[no-untyped-def]
     from services.vision.server import LocalVision
-    from shared.models.pipeline import VisionPipeline
+    from shared.models.pipeline import pipeline_for
 
-    return LocalVision(VisionPipeline(settings.models_dir, torch_threads=settings.torch_threads), settings)
+    return LocalVision(pipeline_for(settings), settings)
 
 
 def prepare_library(settings: Settings, store: LookStore, vision: Any, *, import_demo: bool = True) -> None:

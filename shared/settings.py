@@ -79,7 +79,19 @@ class Settings(BaseSettings):
     diversity: float = Field(
         0.3, ge=0.0, le=1.0, description="MMR diversity of the returned garments; 0 keeps the plain ranking."
     )
-    detect_min_confidence: float = Field(0.3, ge=0.0, le=1.0, description="Garments below this are not found.")
+    detect_min_confidence: float = Field(
+        0.5,
+        ge=0.0,
+        le=1.0,
+        description="A look photo keeps each detected garment (top, bottom, full body) at or above this presence.",
+    )
+    detect_hint_confidence: float = Field(
+        0.2,
+        ge=0.0,
+        le=1.0,
+        description="A TOP or BOTTOM query uses that garment's detected box down to this presence, "
+        "else its most present garment.",
+    )
 
     # --- vector store
     qdrant_url: str = Field("", description="Qdrant server URL; empty uses the embedded Qdrant Edge shard.")

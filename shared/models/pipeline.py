@@ -44,9 +44,10 @@ _LOOK_RULE: dict[Kind, BoxXYXY] = {
     "top": (0.22, 0.17, 0.78, 0.50),
     "bottom": (0.24, 0.44, 0.76, 0.86),
 }
-# A library look keeps a detected garment at or above this presence.
+# A library look keeps a detected garment at or above this presence (LOOKBOOK_DETECT_MIN_CONFIDENCE).
 PRESENCE_THRESHOLD = 0.5
-# A shopper's photo uses the hinted kind's box down to this presence, else the most present garment.
+# A shopper's photo uses the hinted kind's box down to this presence, else the most present garment
+# (LOOKBOOK_DETECT_HINT_CONFIDENCE).
 HINT_THRESHOLD = 0.2
 _CATEGORY_ORDER: tuple[Kind, ...] = ("top", "bottom", "full_body", "other")
 
@@ -124,7 +125,16 @@ class _Plan:
 class VisionPipeline:
     """Detect, categorise and embed garments. Thread-safe: torch inference runs under one lock."""
 
-    def __init__(self, models_dir: Path, *, torch_threads: int = 0) -> None:
+    def __init__(
+        self,
+        models_dir: Path,
+        *,
+        torch_threads: int = 0,
+        presence_threshold: float = PRESENCE_THRESHOLD,
+        hint_threshold: float = HINT_THRESHOLD,
+    ) -> None:
+        self.presence_threshold = presence_threshold
+        self.hint_threshold = hint_threshold
         if torch_threads:
             torch.set_num_threads(torch_threads)
         self.models_dir = models_dir
@@ -272,7 +282,7 @@ class VisionPipeline:
                 plans.append(_Plan(kind, given[kind], 1.0))
             elif detections is not None:
                 found = detections[kind]
-                if found.confidence >= PRESENCE_THRESHOLD:
+                if found.confidence >= self.presence_threshold:
                     plans.append(_Plan(kind, found.box, found.confidence))
             elif kind in _LOOK_RULE and self.detector is None:
                 fx0, fy0, fx1, fy1 = _LOOK_RULE[kind]
@@ -292,15 +302,15 @@ class VisionPipeline:
         best = max(detections.values(), key=lambda d: d.confidence)
         if kind_hint is not None:
             hinted = detections.get(kind_hint)
-            if hinted is not None and hinted.confidence >= HINT_THRESHOLD:
+            if hinted is not None and hinted.confidence >= self.hint_threshold:
                 return [_Plan(kind_hint, hinted.box, hinted.confidence)]
-            if best.confidence >= PRESENCE_THRESHOLD:
+            if best.confidence >= self.presence_threshold:
                 return [_Plan(kind_hint, best.box, best.confidence)]
             return [_Plan(kind_hint, whole, 1.0 - best.confidence)]
-        present = [detections[k] for k in ("top", "bottom") if detections[k].confidence >= PRESENCE_THRESHOLD]
+        present = [d for k in ("top", "bottom") if (d := detections[k]).confidence >= self.presence_threshold]
         if present:
             return [_Plan(d.kind, d.box, d.confidence, auto=True) for d in present]
-        if best.confidence >= HINT_THRESHOLD:
+        if best.confidence >= self.hint_threshold:
             return [_Plan(best.kind, best.box, best.confidence, auto=True)]
         return [_Plan("top", whole, 1.0 - best.confidence, auto=True)]
 
@@ -336,3 +346,13 @@ class VisionPipeline:
                     else:
                         out[i] = self.compat.project_features(stem[i:i + 1].numpy(), colour, p.kind)[0]
         return out
+
+
+def pipeline_for(settings: Any, *, torch_threads: int | None = None) -> VisionPipeline:
+    """The vision pipeline configured by a process's settings (shared.settings.Settings)."""
+    return VisionPipeline(
+        settings.models_dir,
+        torch_threads=settings.torch_threads if torch_threads is None else torch_threads,
+        presence_threshold=settings.detect_min_confidence,
+        hint_threshold=settings.detect_hint_confidence,
+    )

@@ -136,3 +136,18 @@ def test_query_photo_with_quality_scores_the_whole_photo(pipeline: VisionPipelin
     assert len(analysis.garments) == 1 and analysis.garments[0].kind == "top"
     if pipeline.quality is not None:
         assert analysis.quality_score is not None and 0.0 <= analysis.quality_score <= 1.0
+
+
+def test_presence_threshold_is_the_setting(pipeline: VisionPipeline) -> None:
+    from shared.models.pipeline import pipeline_for
+    from shared.settings import load_settings
+
+    assert pipeline_for(load_settings(detect_min_confidence=0.7)).presence_threshold == 0.7
+    found = {d.kind: d.confidence for d in pipeline.detector.detect(_look())}  # type: ignore[union-attr]
+    for threshold in (0.0, 1.0, sorted(found.values())[1]):
+        pipeline.presence_threshold = threshold
+        try:
+            kinds = {g.kind for g in pipeline.analyze(_look()).garments}
+        finally:
+            pipeline.presence_threshold = 0.5
+        assert kinds == {k for k, c in found.items() if c >= threshold}
