@@ -19,7 +19,7 @@ log = logging.getLogger(__name__)
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_DATA = REPO_ROOT.parent / "shared" / "data"
 DEFAULT_MODELS = REPO_ROOT / "shared" / "models" / "artifacts"
-VERSIONS = {"detector": "detector-2", "category": "category-1", "embedding": "embedding-1"}
+VERSIONS = {"detector": "detector-3", "category": "category-1", "embedding": "embedding-1"}
 
 data_option = click.option(
     "--data",
@@ -92,6 +92,13 @@ def _save(
     help="Views per tag-only look (presence labels only): 0 leaves them out, 2 adds a mirror.",
 )
 @click.option(
+    "--garment-views",
+    type=click.IntRange(0),
+    default=2,
+    show_default=True,
+    help="Shopper-like photos (one garment with some background) per top and per bottom of each annotated look.",
+)
+@click.option(
     "--photo-fraction",
     type=float,
     default=0.15,
@@ -107,6 +114,7 @@ def train_detector_cmd(
     look_views: int,
     photo_views: int,
     tag_views: int,
+    garment_views: int,
     photo_fraction: float,
     epochs: int,
 ) -> None:
@@ -116,7 +124,7 @@ def train_detector_cmd(
     (cached under .cache/vision for the next run)."""
     from shared.models import detector as detector_mod
     from shared.models.backbone import shared_backbone
-    from shared.models.vision_training import evaluate_detection, train_detector
+    from shared.models.vision_training import evaluate_detection, evaluate_query_detection, train_detector
 
     dev = _setup(data_dir, threads, device)
     state, params, data = train_detector(
@@ -126,12 +134,16 @@ def train_detector_cmd(
         photo_views=photo_views,
         photo_fraction=photo_fraction,
         tag_views=tag_views,
+        garment_views=garment_views,
         epochs=epochs,
     )
     detector = detector_mod.GarmentDetector(
         detector_mod.head_from_state(state), shared_backbone(), VERSIONS["detector"]
     )
-    metrics = {"val": evaluate_detection(data_dir, "val", device=dev, detector=detector)}
+    metrics = {
+        "val": evaluate_detection(data_dir, "val", device=dev, detector=detector),
+        "val_query_photos": evaluate_query_detection(data_dir, "val", detector=detector),
+    }
     _save("detector", state, params, data, metrics, models_dir)
 
 
@@ -262,7 +274,12 @@ def eval_vision_cmd(
     from shared.models.detector import load_detector
     from shared.models.embedding import load_embedding
     from shared.models.vision_data import Split
-    from shared.models.vision_training import evaluate_category, evaluate_detection, evaluate_retrieval
+    from shared.models.vision_training import (
+        evaluate_category,
+        evaluate_detection,
+        evaluate_query_detection,
+        evaluate_retrieval,
+    )
 
     dev = _setup(data_dir, threads, device)
     detector, category, embedding = load_detector(models_dir), load_category(models_dir), load_embedding(models_dir)
@@ -278,6 +295,7 @@ def eval_vision_cmd(
     }
     chosen = cast(Split, split)
     report["detection"] = evaluate_detection(data_dir, chosen, device=dev, detector=detector)
+    report["query_detection"] = evaluate_query_detection(data_dir, chosen, detector=detector)
     report["category"] = evaluate_category(data_dir, chosen, device=dev, model=category)
     with tempfile.TemporaryDirectory() as tmp:
         report["retrieval"] = evaluate_retrieval(
@@ -308,6 +326,17 @@ def _print_report(report: dict[str, Any]) -> None:
             f"  {kind:<9} n={e['n']:<5}               {_fmt(e.get('hit_rate')):>9}  "
             f"{_fmt(e.get('mean_iou')):>8}  {_fmt(e.get('rule_hit_rate')):>8}  {_fmt(e.get('rule_mean_iou')):>8}"
             f"  {_fmt(e.get('missed_presence')):>15}  {_fmt(e.get('false_presence_rate')):>14}"
+        )
+    query = report["query_detection"]
+    click.echo(
+        "\nquery photos (a top or bottom of each annotated look with 5-35% background)  "
+        "hit@IoU0.5  mean IoU  whole-photo hit  whole-photo IoU"
+    )
+    for kind in ("top", "bottom"):
+        e = query[kind]
+        click.echo(
+            f"  {kind:<9} n={e['n']:<5}{'':<48}{_fmt(e.get('hit_rate')):>9}  {_fmt(e.get('mean_iou')):>8}"
+            f"  {_fmt(e['whole_photo_hit_rate']):>15}  {_fmt(e['whole_photo_mean_iou']):>15}"
         )
     cat = report["category"]
     if "accuracy" in cat:

@@ -113,6 +113,26 @@ def _optional_model(module: str, loader: str, models_dir: Path) -> Any:
         return None
 
 
+def hinted_query_box(
+    detections: dict[Kind, Detection],
+    kind: Kind,
+    whole: BoxXYXY,
+    *,
+    presence_threshold: float = PRESENCE_THRESHOLD,
+    hint_threshold: float = HINT_THRESHOLD,
+) -> tuple[BoxXYXY, float]:
+    """The box (and its confidence) a TOP or BOTTOM query photo is embedded from: the detected box of
+    that kind down to `hint_threshold`, else the most present garment's at `presence_threshold`,
+    else the whole photo."""
+    hinted = detections.get(kind)
+    if hinted is not None and hinted.confidence >= hint_threshold:
+        return hinted.box, hinted.confidence
+    best = max(detections.values(), key=lambda d: d.confidence)
+    if best.confidence >= presence_threshold:
+        return best.box, best.confidence
+    return whole, 1.0 - best.confidence
+
+
 @dataclass
 class _Plan:
     kind: Kind
@@ -301,12 +321,11 @@ class VisionPipeline:
             return [_Plan(kind_hint or "top", whole, 1.0, auto=kind_hint is None)]
         best = max(detections.values(), key=lambda d: d.confidence)
         if kind_hint is not None:
-            hinted = detections.get(kind_hint)
-            if hinted is not None and hinted.confidence >= self.hint_threshold:
-                return [_Plan(kind_hint, hinted.box, hinted.confidence)]
-            if best.confidence >= self.presence_threshold:
-                return [_Plan(kind_hint, best.box, best.confidence)]
-            return [_Plan(kind_hint, whole, 1.0 - best.confidence)]
+            box, confidence = hinted_query_box(
+                detections, kind_hint, whole, presence_threshold=self.presence_threshold,
+                hint_threshold=self.hint_threshold,
+            )
+            return [_Plan(kind_hint, box, confidence)]
         present = [d for k in ("top", "bottom") if (d := detections[k]).confidence >= self.presence_threshold]
         if present:
             return [_Plan(d.kind, d.box, d.confidence, auto=True) for d in present]

@@ -227,6 +227,39 @@ def detection_view(
     return photometric(image, rng), boxes
 
 
+def garment_photo_view(
+    image: Image.Image, boxes: dict[Kind, BoxXYXY], focus: Kind, seed: object, *, augment: bool = True
+) -> tuple[Image.Image, dict[Kind, BoxXYXY]]:
+    """A shopper's photo of one garment of a look: the `focus` box with a margin of background
+    (5-35% of the box on each side), seeded; with `augment`, maybe mirrored, with other light.
+
+    The other garments stay present (clipped) while at least half of their height is in the frame,
+    as in detection_view.
+    """
+    image = image.convert("RGB")
+    rng = seeded_rng(seed, "garment", focus)
+    w, h = image.size
+    x0, y0, x1, y1 = boxes[focus]
+    bw, bh = x1 - x0, y1 - y0
+    region = clip_box((x0 - bw * rng.uniform(0.05, 0.35), y0 - bh * rng.uniform(0.05, 0.35),
+                       x1 + bw * rng.uniform(0.05, 0.35), y1 + bh * rng.uniform(0.05, 0.35)), w, h)
+    cx0, cy0, cx1, cy1 = (round(v) for v in region)
+    cx1, cy1 = max(cx1, cx0 + 1), max(cy1, cy0 + 1)
+    kept: dict[Kind, BoxXYXY] = {}
+    for kind, box in boxes.items():
+        moved = clip_box((box[0] - cx0, box[1] - cy0, box[2] - cx0, box[3] - cy0), cx1 - cx0, cy1 - cy0)
+        if kind == focus or ((moved[3] - moved[1]) >= 0.5 * (box[3] - box[1]) and box_area(moved) > 0):
+            kept[kind] = moved
+    out = image.crop((cx0, cy0, cx1, cy1))
+    if augment:
+        if rng.random() < 0.5:
+            out = out.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+            cw = out.width
+            kept = {k: (cw - b[2], b[1], cw - b[0], b[3]) for k, b in kept.items()}
+        out = photometric(out, rng)
+    return out, kept
+
+
 def perturbed_crop(image: Image.Image, box: BoxXYXY, seed: object, strength: float = 1.0) -> Image.Image:
     """A shopper's photo of a garment: a looser or tighter crop, other light, a small tilt, JPEG."""
     rng = seeded_rng(seed)

@@ -35,6 +35,7 @@ from shared.models.vision_data import (
     Split,
     detection_view,
     foreground_box,
+    garment_photo_view,
     garment_view,
     iou,
     load_garment_photos,
@@ -162,6 +163,8 @@ class DetectJob:
     view: int
     seed: str
     worn: frozenset[Kind] = frozenset()
+    # A shopper's photo of this garment of the look (vision_data.garment_photo_view), not the look.
+    focus: Kind | None = None
 
 
 def _target(boxes: dict[Kind, BoxXYXY], w: float, h: float, worn: frozenset[Kind] = frozenset()) -> np.ndarray:
@@ -191,7 +194,10 @@ class _DetectDataset(torch.utils.data.Dataset[tuple[torch.Tensor, torch.Tensor]]
         if "__extent__" in boxes:  # a single-garment photo: its kind's box is the foreground extent
             kind = boxes["__extent__"]  # type: ignore[index]
             boxes = {} if kind == "other" else {kind: foreground_box(image)}  # type: ignore[dict-item]
-        image, boxes = detection_view(image, boxes, job.view, job.seed)
+        if job.focus is not None:
+            image, boxes = garment_photo_view(image, boxes, job.focus, (job.seed, job.view))
+        else:
+            image, boxes = detection_view(image, boxes, job.view, job.seed)
         return detector_mod.detector_input(image), torch.from_numpy(_target(boxes, *image.size, job.worn))
 
 
@@ -204,7 +210,8 @@ def detect_features(
     from shared.models.backbone import shared_backbone
 
     key = _digest([CACHE_VERSION, "detect-2", detector_mod.DETECT_SIZE,
-                   *[(_file_key(j.path), sorted(j.boxes.items()), j.view, j.seed, sorted(j.worn)) for j in jobs]])
+                   *[(_file_key(j.path), sorted(j.boxes.items()), j.view, j.seed, sorted(j.worn), j.focus)
+                     for j in jobs]])
     file = cache_dir / f"detect-{key}.npz"
     if file.is_file():
         with np.load(file) as cached:
@@ -236,10 +243,12 @@ def detect_features(
 
 
 def detection_jobs(data_dir: Path, split: Split, *, look_views: int, photo_views: int,
-                   photo_fraction: float = 1.0, tag_views: int = 0) -> list[DetectJob]:
+                   photo_fraction: float = 1.0, tag_views: int = 0, garment_views: int = 0) -> list[DetectJob]:
     """Views of the annotated looks, of the tag-only looks (presence only) and of a share of the photos.
 
-    A tag-only look gets only views 0 and 1 (the photo, and a mirror of it): a crop could cut a
+    An annotated look also gives `garment_views` shopper-like photos of its top and of its bottom
+    (a crop around the garment with some background), the query photos the gateway sees. A
+    tag-only look gets only views 0 and 1 (the photo, and a mirror of it): a crop could cut a
     garment away, and without its box we could not tell.
     """
     jobs = []
@@ -247,6 +256,8 @@ def detection_jobs(data_dir: Path, split: Split, *, look_views: int, photo_views
     for look in looks:
         if look.boxes:
             jobs += [DetectJob(look.path, look.boxes, v, f"look:{look.id}") for v in range(look_views)]
+            jobs += [DetectJob(look.path, look.boxes, v, f"look:{look.id}", focus=kind)
+                     for kind in ("top", "bottom") if kind in look.boxes for v in range(garment_views)]
         elif look.worn:
             jobs += [DetectJob(look.path, {}, v, f"look:{look.id}", look.worn) for v in range(min(tag_views, 2))]
     rng = np.random.default_rng(SEED)
@@ -303,8 +314,8 @@ DETECTOR_CONFIG: dict[str, Any] = {"r16": 64, "r32": 96, "width": 96, "dropout":
 
 def train_detector(
     data_dir: Path, *, device: torch.device, look_views: int = 4, photo_views: int = 1,
-    photo_fraction: float = 0.15, tag_views: int = 2, epochs: int = 5, batch_size: int = 64, lr: float = 2e-3,
-    edge_weight: float = 0.1, config: dict[str, Any] | None = None, seed: int = SEED,
+    photo_fraction: float = 0.15, tag_views: int = 2, garment_views: int = 2, epochs: int = 5, batch_size: int = 64,
+    lr: float = 2e-3, edge_weight: float = 0.1, config: dict[str, Any] | None = None, seed: int = SEED,
     cache_dir: Path = DEFAULT_CACHE_DIR,
 ) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
     """Trains the detector head on the cached maps of the frozen backbone.
@@ -313,7 +324,7 @@ def train_detector(
     """
     torch.manual_seed(seed)
     jobs = detection_jobs(data_dir, "train", look_views=look_views, photo_views=photo_views,
-                          photo_fraction=photo_fraction, tag_views=tag_views)
+                          photo_fraction=photo_fraction, tag_views=tag_views, garment_views=garment_views)
     s16, s32, target = detect_features(jobs, device=device, cache_dir=cache_dir)
     config = dict(DETECTOR_CONFIG if config is None else config)
     head = detector_mod.DetectorHead(**config).to(device)
@@ -340,7 +351,8 @@ def train_detector(
             bar.set_postfix(epoch=epoch + 1, loss=f"{total / len(jobs):.3f}")
     head = head.cpu().eval()
     params = {"detect_size": detector_mod.DETECT_SIZE, "edge_bins": detector_mod.EDGE_BINS, "look_views": look_views,
-              "photo_views": photo_views, "photo_fraction": photo_fraction, "tag_views": tag_views, "epochs": epochs,
+              "photo_views": photo_views, "photo_fraction": photo_fraction, "tag_views": tag_views,
+              "garment_views": garment_views, "epochs": epochs,
               "batch_size": batch_size, "lr": lr, "edge_weight": edge_weight, "seed": seed, "head": config}
     data = {"dir": str(data_dir), "split": "train", "views": len(jobs),
             "looks": sum(1 for j in jobs if j.seed.startswith("look:") and j.view == 0 and j.boxes),
@@ -501,6 +513,39 @@ def evaluate_detection(data_dir: Path, split: Split, *, device: torch.device,
             entry.update(hit_rate=float(np.mean(det_hits)), mean_iou=float(np.mean(det_ious)), missed_presence=missed)
         if predictions and absent:
             entry["false_presence_rate"] = false_present / absent
+        out[kind] = entry
+    return out
+
+
+def evaluate_query_detection(data_dir: Path, split: Split, *, detector: detector_mod.GarmentDetector | None,
+                             batch_size: int = 32) -> dict[str, Any]:
+    """The box a TOP (BOTTOM) query photo is embedded from, on shopper-like photos of the annotated
+    looks' tops and bottoms (vision_data.garment_photo_view: the garment with 5-35% of background
+    on each side, a fixed seed, no other change): hit rate at IoU >= 0.5 and mean IoU against the
+    garment's box, beside the whole photo (what a query gets without a detector)."""
+    from shared.models.pipeline import hinted_query_box
+
+    looks = pick_split([lk for lk in load_looks(data_dir) if lk.boxes], split)
+    out: dict[str, Any] = {"looks": len(looks)}
+    for kind in ("top", "bottom"):
+        photos: list[tuple[Image.Image, BoxXYXY]] = []
+        for lk in looks:
+            if kind in lk.boxes:
+                with Image.open(lk.path) as raw:
+                    photo, boxes = garment_photo_view(raw, lk.boxes, kind, ("eval", lk.id), augment=False)
+                photos.append((photo, boxes[kind]))
+        whole = [iou((0.0, 0.0, float(p.width), float(p.height)), truth) for p, truth in photos]
+        entry: dict[str, Any] = {"n": len(photos), "whole_photo_hit_rate": float(np.mean(np.array(whole) >= 0.5)),
+                                 "whole_photo_mean_iou": float(np.mean(whole))}
+        if detector is not None and photos:
+            ious = []
+            for start in range(0, len(photos), batch_size):
+                chunk = photos[start:start + batch_size]
+                for (photo, truth), found in zip(chunk, detector.detect_batch([p for p, _ in chunk]), strict=True):
+                    box, _ = hinted_query_box({d.kind: d for d in found}, kind,  # type: ignore[arg-type]
+                                              (0.0, 0.0, float(photo.width), float(photo.height)))
+                    ious.append(iou(box, truth))
+            entry.update(hit_rate=float(np.mean(np.array(ious) >= 0.5)), mean_iou=float(np.mean(ious)))
         out[kind] = entry
     return out
 

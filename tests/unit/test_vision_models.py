@@ -21,6 +21,7 @@ from shared.models.vision_data import (
     box_area,
     detection_view,
     foreground_box,
+    garment_photo_view,
     iou,
     is_val,
     perturbed_crop,
@@ -65,6 +66,25 @@ def test_detection_views_keep_boxes_inside_the_image() -> None:
             assert box_area(box) > 0
     same = detection_view(image, boxes, 5, "look:test")[1]  # type: ignore[arg-type]
     assert same == detection_view(image, boxes, 5, "look:test")[1]  # type: ignore[arg-type]
+
+
+def test_garment_photo_view_frames_the_garment_with_some_background() -> None:
+    image = Image.new("RGB", (200, 400), (120, 120, 120))
+    boxes = {"top": (50.0, 60.0, 150.0, 170.0), "bottom": (55.0, 160.0, 145.0, 380.0)}
+    for seed in range(10):
+        out, kept = garment_photo_view(image, boxes, "top", ("t", seed))  # type: ignore[arg-type]
+        w, h = out.size
+        top = kept["top"]
+        # The top fills most of the photo: 5-35% of its size is added on each side (clipped by the image).
+        assert 100 * 1.1 <= w <= 100 * 1.7 + 1 and 110 * 1.1 <= h <= 110 * 1.7 + 1
+        assert 0 <= top[0] < top[2] <= w and 0 <= top[1] < top[3] <= h
+        assert (top[2] - top[0]) == pytest.approx(100, abs=1) and (top[3] - top[1]) == pytest.approx(110, abs=1)
+        # The bottom is mostly out of the frame: no longer a garment of this photo.
+        assert "bottom" not in kept
+    # Unaugmented, it is a plain crop: the same pixels as the source, and fixed by the seed.
+    plain, kept = garment_photo_view(image, boxes, "bottom", "q", augment=False)  # type: ignore[arg-type]
+    assert plain.size == garment_photo_view(image, boxes, "bottom", "q", augment=False)[0].size  # type: ignore[arg-type]
+    assert set(kept) == {"bottom"} and np.asarray(plain).std() == 0
 
 
 def test_perturbed_crop_is_seeded() -> None:
@@ -168,6 +188,11 @@ def test_tag_only_looks_teach_presence_but_not_boxes(tmp_path: Path) -> None:
     assert sorted(j.view for j in jobs if j.seed == "look:2") == [0, 1]
     assert sorted(j.view for j in jobs if j.seed == "look:1") == [0, 1, 2, 3]
     assert not [j for j in jobs if j.seed == "look:3"]
+
+    # Garment views: shopper-like photos of a box look's annotated garments only.
+    jobs = detection_jobs(tmp_path, "all", look_views=1, photo_views=0, garment_views=2)
+    assert sorted((j.focus or "", j.view) for j in jobs if j.seed == "look:1") == [("", 0), ("top", 0), ("top", 1)]
+    assert not [j for j in jobs if j.seed == "look:2" and j.focus]
 
 
 def test_heads_round_trip_through_artifacts(tmp_path: Path) -> None:
