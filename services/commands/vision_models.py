@@ -329,13 +329,14 @@ def _print_report(report: dict[str, Any]) -> None:
         )
     query = report["query_detection"]
     click.echo(
-        "\nquery photos (a top or bottom of each annotated look with 5-35% background)  "
+        "\nquery photos of a top or bottom (loose: 5-35% background; tight: the box's crop)  "
         "hit@IoU0.5  mean IoU  whole-photo hit  whole-photo IoU"
     )
-    for kind in ("top", "bottom"):
-        e = query[kind]
+    for key in ("top", "bottom", "top_tight", "bottom_tight"):
+        e = query[key]
+        label = key.replace("_tight", " tight") if key.endswith("_tight") else f"{key} loose"
         click.echo(
-            f"  {kind:<9} n={e['n']:<5}{'':<48}{_fmt(e.get('hit_rate')):>9}  {_fmt(e.get('mean_iou')):>8}"
+            f"  {label:<13} n={e['n']:<5}{'':<48}{_fmt(e.get('hit_rate')):>9}  {_fmt(e.get('mean_iou')):>8}"
             f"  {_fmt(e['whole_photo_hit_rate']):>15}  {_fmt(e['whole_photo_mean_iou']):>15}"
         )
     cat = report["category"]

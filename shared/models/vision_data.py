@@ -228,21 +228,23 @@ def detection_view(
 
 
 def garment_photo_view(
-    image: Image.Image, boxes: dict[Kind, BoxXYXY], focus: Kind, seed: object, *, augment: bool = True
+    image: Image.Image, boxes: dict[Kind, BoxXYXY], focus: Kind, seed: object, *, augment: bool = True,
+    tight: float = 0.5,
 ) -> tuple[Image.Image, dict[Kind, BoxXYXY]]:
-    """A shopper's photo of one garment of a look: the `focus` box with a margin of background
-    (5-35% of the box on each side), seeded; with `augment`, maybe mirrored, with other light.
+    """A shopper's photo of one garment of a look: the `focus` box with a margin of background on
+    each side, seeded; with `augment`, maybe mirrored, with other light.
 
-    The other garments stay present (clipped) while at least half of their height is in the frame,
-    as in detection_view.
+    Each side's margin is `tight` of the time none (a photo cropped to the garment, as a crop cut
+    from a look is), else 5-35% of the box. The other garments stay present (clipped) while at
+    least half of their height is in the frame, as in detection_view.
     """
     image = image.convert("RGB")
     rng = seeded_rng(seed, "garment", focus)
     w, h = image.size
     x0, y0, x1, y1 = boxes[focus]
     bw, bh = x1 - x0, y1 - y0
-    region = clip_box((x0 - bw * rng.uniform(0.05, 0.35), y0 - bh * rng.uniform(0.05, 0.35),
-                       x1 + bw * rng.uniform(0.05, 0.35), y1 + bh * rng.uniform(0.05, 0.35)), w, h)
+    m = [0.0 if rng.random() < tight else rng.uniform(0.05, 0.35) for _ in range(4)]
+    region = clip_box((x0 - bw * m[0], y0 - bh * m[1], x1 + bw * m[2], y1 + bh * m[3]), w, h)
     cx0, cy0, cx1, cy1 = (round(v) for v in region)
     cx1, cy1 = max(cx1, cx0 + 1), max(cy1, cy0 + 1)
     kept: dict[Kind, BoxXYXY] = {}

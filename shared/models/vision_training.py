@@ -154,6 +154,10 @@ def crop_features(
     return pooled, colour
 
 
+# Share of a garment view's sides cut at the garment's box (vision_data.garment_photo_view).
+GARMENT_TIGHT = 0.5
+
+
 @dataclass(frozen=True)
 class DetectJob:
     """One training view. `boxes` empty and `worn` set: a tag-only look (presence known, boxes not)."""
@@ -195,7 +199,7 @@ class _DetectDataset(torch.utils.data.Dataset[tuple[torch.Tensor, torch.Tensor]]
             kind = boxes["__extent__"]  # type: ignore[index]
             boxes = {} if kind == "other" else {kind: foreground_box(image)}  # type: ignore[dict-item]
         if job.focus is not None:
-            image, boxes = garment_photo_view(image, boxes, job.focus, (job.seed, job.view))
+            image, boxes = garment_photo_view(image, boxes, job.focus, (job.seed, job.view), tight=GARMENT_TIGHT)
         else:
             image, boxes = detection_view(image, boxes, job.view, job.seed)
         return detector_mod.detector_input(image), torch.from_numpy(_target(boxes, *image.size, job.worn))
@@ -209,7 +213,7 @@ def detect_features(
     detection view, cached."""
     from shared.models.backbone import shared_backbone
 
-    key = _digest([CACHE_VERSION, "detect-2", detector_mod.DETECT_SIZE,
+    key = _digest([CACHE_VERSION, "detect-3", detector_mod.DETECT_SIZE, GARMENT_TIGHT,
                    *[(_file_key(j.path), sorted(j.boxes.items()), j.view, j.seed, sorted(j.worn), j.focus)
                      for j in jobs]])
     file = cache_dir / f"detect-{key}.npz"
@@ -352,7 +356,7 @@ def train_detector(
     head = head.cpu().eval()
     params = {"detect_size": detector_mod.DETECT_SIZE, "edge_bins": detector_mod.EDGE_BINS, "look_views": look_views,
               "photo_views": photo_views, "photo_fraction": photo_fraction, "tag_views": tag_views,
-              "garment_views": garment_views, "epochs": epochs,
+              "garment_views": garment_views, "garment_tight": GARMENT_TIGHT, "epochs": epochs,
               "batch_size": batch_size, "lr": lr, "edge_weight": edge_weight, "seed": seed, "head": config}
     data = {"dir": str(data_dir), "split": "train", "views": len(jobs),
             "looks": sum(1 for j in jobs if j.seed.startswith("look:") and j.view == 0 and j.boxes),
@@ -519,34 +523,41 @@ def evaluate_detection(data_dir: Path, split: Split, *, device: torch.device,
 
 def evaluate_query_detection(data_dir: Path, split: Split, *, detector: detector_mod.GarmentDetector | None,
                              batch_size: int = 32) -> dict[str, Any]:
-    """The box a TOP (BOTTOM) query photo is embedded from, on shopper-like photos of the annotated
-    looks' tops and bottoms (vision_data.garment_photo_view: the garment with 5-35% of background
-    on each side, a fixed seed, no other change): hit rate at IoU >= 0.5 and mean IoU against the
-    garment's box, beside the whole photo (what a query gets without a detector)."""
+    """The box a TOP (BOTTOM) query photo is embedded from: hit rate at IoU >= 0.5 and mean IoU
+    against the garment's box, beside the whole photo (what a query gets without a detector).
+
+    Two kinds of query photo of each annotated look's top and bottom: `loose`, the garment with
+    5-35% of background on each side (vision_data.garment_photo_view, a fixed seed, no other
+    change), and `tight`, the crop of its box (what `eval match` and `eval blend` send), where the
+    right answer is the whole photo.
+    """
     from shared.models.pipeline import hinted_query_box
 
     looks = pick_split([lk for lk in load_looks(data_dir) if lk.boxes], split)
     out: dict[str, Any] = {"looks": len(looks)}
     for kind in ("top", "bottom"):
-        photos: list[tuple[Image.Image, BoxXYXY]] = []
-        for lk in looks:
-            if kind in lk.boxes:
-                with Image.open(lk.path) as raw:
-                    photo, boxes = garment_photo_view(raw, lk.boxes, kind, ("eval", lk.id), augment=False)
-                photos.append((photo, boxes[kind]))
-        whole = [iou((0.0, 0.0, float(p.width), float(p.height)), truth) for p, truth in photos]
-        entry: dict[str, Any] = {"n": len(photos), "whole_photo_hit_rate": float(np.mean(np.array(whole) >= 0.5)),
-                                 "whole_photo_mean_iou": float(np.mean(whole))}
-        if detector is not None and photos:
-            ious = []
-            for start in range(0, len(photos), batch_size):
-                chunk = photos[start:start + batch_size]
-                for (photo, truth), found in zip(chunk, detector.detect_batch([p for p, _ in chunk]), strict=True):
-                    box, _ = hinted_query_box({d.kind: d for d in found}, kind,  # type: ignore[arg-type]
-                                              (0.0, 0.0, float(photo.width), float(photo.height)))
-                    ious.append(iou(box, truth))
-            entry.update(hit_rate=float(np.mean(np.array(ious) >= 0.5)), mean_iou=float(np.mean(ious)))
-        out[kind] = entry
+        for framing in ("loose", "tight"):
+            photos: list[tuple[Image.Image, BoxXYXY]] = []
+            for lk in looks:
+                if kind in lk.boxes:
+                    with Image.open(lk.path) as raw:
+                        photo, boxes = garment_photo_view(raw, lk.boxes, kind, ("eval", lk.id), augment=False,
+                                                          tight=0.0 if framing == "loose" else 1.0)
+                    photos.append((photo, boxes[kind]))
+            whole = [iou((0.0, 0.0, float(p.width), float(p.height)), truth) for p, truth in photos]
+            entry: dict[str, Any] = {"n": len(photos), "whole_photo_hit_rate": float(np.mean(np.array(whole) >= 0.5)),
+                                     "whole_photo_mean_iou": float(np.mean(whole))}
+            if detector is not None and photos:
+                ious = []
+                for start in range(0, len(photos), batch_size):
+                    chunk = photos[start:start + batch_size]
+                    found_all = detector.detect_batch([p for p, _ in chunk])
+                    for (photo, truth), found in zip(chunk, found_all, strict=True):
+                        box, _ = hinted_query_box({d.kind: d for d in found}, kind,  # type: ignore[arg-type]
+                                                  (0.0, 0.0, float(photo.width), float(photo.height)))
+                        ious.append(iou(box, truth))
+                entry.update(hit_rate=float(np.mean(np.array(ious) >= 0.5)), mean_iou=float(np.mean(ious)))
+            out[kind if framing == "loose" else f"{kind}_tight"] = entry
     return out
 
 

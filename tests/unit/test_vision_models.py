@@ -75,8 +75,8 @@ def test_garment_photo_view_frames_the_garment_with_some_background() -> None:
         out, kept = garment_photo_view(image, boxes, "top", ("t", seed))  # type: ignore[arg-type]
         w, h = out.size
         top = kept["top"]
-        # The top fills most of the photo: 5-35% of its size is added on each side (clipped by the image).
-        assert 100 * 1.1 <= w <= 100 * 1.7 + 1 and 110 * 1.1 <= h <= 110 * 1.7 + 1
+        # The top fills most of the photo: none or 5-35% of its size is added on each side.
+        assert 100 <= w <= 100 * 1.7 + 1 and 110 <= h <= 110 * 1.7 + 1
         assert 0 <= top[0] < top[2] <= w and 0 <= top[1] < top[3] <= h
         assert (top[2] - top[0]) == pytest.approx(100, abs=1) and (top[3] - top[1]) == pytest.approx(110, abs=1)
         # The bottom is mostly out of the frame: no longer a garment of this photo.
@@ -84,7 +84,12 @@ def test_garment_photo_view_frames_the_garment_with_some_background() -> None:
     # Unaugmented, it is a plain crop: the same pixels as the source, and fixed by the seed.
     plain, kept = garment_photo_view(image, boxes, "bottom", "q", augment=False)  # type: ignore[arg-type]
     assert plain.size == garment_photo_view(image, boxes, "bottom", "q", augment=False)[0].size  # type: ignore[arg-type]
-    assert set(kept) == {"bottom"} and np.asarray(plain).std() == 0
+    assert "bottom" in kept and np.asarray(plain).std() == 0
+    loose, _ = garment_photo_view(image, boxes, "top", "q", augment=False, tight=0.0)  # type: ignore[arg-type]
+    assert loose.width >= 110 and loose.height >= 121
+    # Tight: the crop of the box itself, which then fills the photo.
+    crop, kept = garment_photo_view(image, boxes, "top", "q", augment=False, tight=1.0)  # type: ignore[arg-type]
+    assert crop.size == (100, 110) and kept["top"] == (0.0, 0.0, 100.0, 110.0)
 
 
 def test_perturbed_crop_is_seeded() -> None:
