@@ -69,8 +69,29 @@ def _bare_analyze_parallel(files: list[Path], processes: int) -> list[float]:
     return rates
 
 
-def _ingest(files: list[Path], workers: int, workdir: Path, redis_url: str, chunk_size: int) -> float:
-    """Looks/s of a whole refresh on `workers` Celery processes (models loaded before the clock starts)."""
+def _lease_stats(log_path: Path) -> dict[str, float]:
+    """What the embedded store's lease cost the workers, from their `store lease taken` log lines:
+    how many times a process took the shard, and the seconds spent waiting for it and opening it."""
+    taken, waited, opened = 0, 0.0, 0.0
+    with log_path.open(encoding="utf-8", errors="replace") as lines:
+        for line in lines:
+            if '"store lease taken"' not in line:
+                continue
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue
+            taken += 1
+            waited += float(record.get("waited_s", 0.0))
+            opened += float(record.get("open_s", 0.0))
+    return {"leases_taken": taken, "lease_wait_s": waited, "shard_open_s": opened}
+
+
+def _ingest(
+    files: list[Path], workers: int, workdir: Path, redis_url: str, chunk_size: int
+) -> tuple[float, dict[str, float]]:
+    """Looks/s of a whole refresh on `workers` Celery processes (models loaded before the clock starts),
+    and what the store lease cost them (_lease_stats)."""
     from services.workers.embedded import CeleryLibrary, wait_for
     from services.workers.local_cluster import Worker, worker_env
     from shared.settings import load_settings
@@ -91,9 +112,9 @@ def _ingest(files: list[Path], workers: int, workdir: Path, redis_url: str, chun
         elapsed = time.perf_counter() - started
         if progress.done != len(files):
             raise click.ClickException(f"the refresh ingested {progress.done} of {len(files)}: see {worker.log_path}")
-        return len(files) / elapsed
     finally:
         worker.stop()
+    return len(files) / elapsed, {"elapsed_s": elapsed, **_lease_stats(worker.log_path)}
 
 
 @click.command(name="ingest")
@@ -130,7 +151,8 @@ def bench_ingest(data: Path, n: int, chunk_size: int | None, json_path: Path | N
     redis-server and store, beside the bare Analyze throughput of one process, in the same run.
 
     Each worker process runs one torch thread, like the bare Analyze, so per-process figures compare.
-    Two bare Analyze processes side by side show what the machine itself gives two processes.
+    Two bare Analyze processes side by side show what the machine itself gives two processes. The
+    workers' `store lease taken` log lines give what taking turns on the embedded store cost.
     Needs redis-server on PATH (`bash scripts/ensure_redis.sh`).
     """
     from services.workers.local_cluster import redis_server
@@ -156,11 +178,12 @@ def bench_ingest(data: Path, n: int, chunk_size: int | None, json_path: Path | N
             with redis_server(workdir / "redis") as redis_url:
                 for workers in (1, 2):
                     click.echo(f"refresh on {workers} worker process(es) ...", err=True)
-                    rate = _ingest(files, workers, workdir, redis_url, chunk_size)
+                    rate, lease = _ingest(files, workers, workdir, redis_url, chunk_size)
                     results["ingest"][str(workers)] = {
                         "looks_per_s": rate,
                         "per_worker_looks_per_s": rate / workers,
                         "per_worker_vs_bare": rate / workers / bare,
+                        **lease,
                     }
         except RuntimeError as exc:
             raise click.ClickException(str(exc)) from None
@@ -175,6 +198,12 @@ def bench_ingest(data: Path, n: int, chunk_size: int | None, json_path: Path | N
         lines.append(
             f"{f'refresh, {workers} worker process(es)':<34}{row['looks_per_s']:>10.2f}"
             f"{row['per_worker_looks_per_s']:>13.2f}{row['per_worker_vs_bare']:>9.2f}"
+        )
+    lines.append("embedded store lease (Qdrant Edge: one process per directory, the workers take turns):")
+    for workers, row in results["ingest"].items():
+        lines.append(
+            f"  {workers} worker process(es): taken {row['leases_taken']} times in {row['elapsed_s']:.1f} s, "
+            f"{row['lease_wait_s']:.2f} s waiting for it, {row['shard_open_s']:.2f} s opening the shard"
         )
     click.echo("\n".join(lines))
     text = json.dumps(results, indent=2)

@@ -102,3 +102,19 @@ def test_look_items_travel_as_json() -> None:
         status="approved",
     )
     assert item_from_json(json.loads(json.dumps(item_to_json(item)))) == item
+
+
+def test_bench_ingest_reads_the_lease_cost_off_the_worker_log(tmp_path: Path) -> None:
+    from services.commands.bench_ingest import _lease_stats
+
+    log = tmp_path / "worker.log"
+    log.write_text(
+        '{"msg": "store lease taken", "waited_s": 0.05, "open_s": 0.1}\n'
+        "celery banner, not JSON\n"
+        '{"msg": "look ingested", "waited_s": 9}\n'
+        '{"msg": "store lease taken", "waited_s": 0.0, "open_s": 0.25}\n'
+        '{"msg": "store lease taken", "waited_s": \n'
+    )
+    stats = _lease_stats(log)
+    assert stats["leases_taken"] == 2
+    assert stats["lease_wait_s"] == pytest.approx(0.05) and stats["shard_open_s"] == pytest.approx(0.35)
