@@ -30,6 +30,8 @@ log = logging.getLogger(__name__)
 # directory listing; a waiting process loses up to this long per hand-over (at 0.2 s, waiting was
 # 3.7 s of the 6.2 s that 39 hand-overs took in a 2-worker `lookbook bench ingest --chunk-size 2`).
 LEASE_POLL_S = 0.02
+# How long a write handed to the lease holder may wait before it is a transient fault (retried).
+HANDOFF_TIMEOUT_S = 120.0
 
 
 class TransientError(RuntimeError):
@@ -142,6 +144,14 @@ class StoreAccess:
     lease: a process takes a host-wide lock and keeps the shard open across sessions until another
     process asks for it (a want-file beside the lock) or it has been idle for `idle_release_s`; the
     store is never held while vision works, only while a session reads or writes.
+
+    Writes do not move the lease (`hand_over`): a process that has points to write while another
+    holds the store puts them in a spool file beside the lock, and the holder writes them (its
+    lease watcher looks every LEASE_POLL_S) and deletes the file; the writer returns once the file
+    is gone. A hand-over of the lease costs closing and reopening the shard (65-335 ms with two
+    busy workers); a spooled write costs a poll. If the holder goes away first (the lock is free),
+    the writer takes the lease and writes the spool itself; the writes are idempotent (ids come
+    from the image bytes), so a spool file written twice stores nothing twice.
     """
 
     def __init__(
@@ -157,6 +167,7 @@ class StoreAccess:
         self._watcher: threading.Thread | None = None
         self._wants = settings.data_dir / "store-wants"
         self._own_want = self._wants / f"{os.getpid()}-{id(self)}.want"
+        self._spool = settings.data_dir / "store-spool"
 
     def _open(self) -> Any:
         from shared.store import open_store
@@ -182,10 +193,83 @@ class StoreAccess:
                     yield self._lease[1]
                 finally:
                     self._last_used = time.monotonic()
+                    self._drain_spool()
                     if self._others_waiting():
                         self._release()
         except StoreUnavailableError as exc:
             raise TransientError(str(exc)) from None
+
+    def hand_over(self, write: Callable[[Any], Any], points: Sequence[Any]) -> bool:
+        """Has the process holding the store run `write(store)`: true once it has, false when this
+        process should write itself (it holds the lease, or nobody does). See the class docstring."""
+
+        from shared.store import StoreUnavailableError
+
+        if self._held:
+            return False
+        try:
+            return self._hand_over(write, points)
+        except StoreUnavailableError as exc:
+            raise TransientError(str(exc)) from None
+
+    def _hand_over(self, write: Callable[[Any], Any], points: Sequence[Any]) -> bool:
+        import pickle
+
+        with self._lock:
+            if self._lease is not None or self._try_acquire():
+                return False
+        self._spool.mkdir(parents=True, exist_ok=True)
+        name = f"{os.getpid()}-{id(self)}-{time.monotonic_ns()}"
+        staged, spooled = self._spool / f"{name}.tmp", self._spool / f"{name}.points"
+        with staged.open("wb") as out:
+            pickle.dump(write, out, protocol=pickle.HIGHEST_PROTOCOL)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(staged, spooled)
+        failed = spooled.with_suffix(".failed")
+        deadline = time.monotonic() + HANDOFF_TIMEOUT_S
+        while spooled.exists():
+            if failed.exists():
+                break
+            with self._lock:
+                if self._lease is not None or self._try_acquire():
+                    self._drain_spool()  # the holder went away: write it (and any other) ourselves
+                    continue
+            if time.monotonic() > deadline:
+                raise TransientError(
+                    f"the process holding the look store did not take {len(points)} looks within "
+                    f"{HANDOFF_TIMEOUT_S:.0f} s; they stay in {spooled} and are written by the next holder"
+                )
+            time.sleep(LEASE_POLL_S / 2)
+        if failed.exists():
+            failed.unlink(missing_ok=True)
+            raise TransientError(
+                f"the process holding the look store could not write {len(points)} looks (its log says "
+                "why, under 'a spooled write failed'); the task is retried"
+            )
+        return True
+
+    def _drain_spool(self) -> None:
+        """Writes what other processes spooled (call with the lease held and self._lock taken). A
+        write that fails is renamed *.failed, which tells its writer to retry; the rest go on."""
+        import pickle
+
+        if self._lease is None or not self._spool.is_dir():
+            return
+        for spooled in sorted(self._spool.glob("*.points")):
+            try:
+                with spooled.open("rb") as data:
+                    write = pickle.load(data)  # written by this host's workers, beside the lock
+                write(self._lease[1])
+            except FileNotFoundError:
+                continue
+            except Exception:
+                log.exception("a spooled write failed", extra={"spool_file": str(spooled)})
+                with contextlib.suppress(OSError):
+                    os.replace(spooled, spooled.with_suffix(".failed"))
+                continue
+            spooled.unlink(missing_ok=True)
+            self._last_used = time.monotonic()
 
     def _acquire(self) -> None:
         self._wants.mkdir(parents=True, exist_ok=True)
@@ -201,11 +285,30 @@ class StoreAccess:
             raise
         finally:
             self._own_want.unlink(missing_ok=True)
-        log.info(
-            "store lease taken",
-            extra={"waited_s": round(locked - asked, 4), "open_s": round(time.monotonic() - locked, 4)},
-        )
+        self._took(handle, store, locked - asked, time.monotonic() - locked)
+
+    def _try_acquire(self) -> bool:
+        """Takes the lease if no other process holds it (never waits)."""
+        handle = open(self.settings.data_dir / "store-writer.lock", "a+")  # noqa: SIM115 - held by the lease
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.close()
+            return False
+        locked = time.monotonic()
+        try:
+            store = self._open()
+        except BaseException:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+            handle.close()
+            raise
+        self._took(handle, store, 0.0, time.monotonic() - locked)
+        return True
+
+    def _took(self, handle: Any, store: Any, waited_s: float, open_s: float) -> None:
+        log.info("store lease taken", extra={"waited_s": round(waited_s, 4), "open_s": round(open_s, 4)})
         self._lease = (handle, store)
+        self._last_used = time.monotonic()
         if self._watcher is None:
             self._watcher = threading.Thread(target=self._watch, name="store-lease", daemon=True)
             self._watcher.start()
@@ -214,6 +317,7 @@ class StoreAccess:
     def _release(self) -> None:
         if self._lease is None:
             return
+        self._drain_spool()
         handle, store = self._lease
         self._lease = None
         try:
@@ -244,9 +348,12 @@ class StoreAccess:
             if not self._lock.acquire(blocking=False):
                 continue
             try:
+                self._drain_spool()
                 idle = time.monotonic() - self._last_used > self.idle_release_s
                 if self._lease is not None and (idle or self._others_waiting()):
                     self._release()
+            except Exception:  # the store itself failed (closing it): the next session reopens it
+                log.exception("store lease watcher failed; the next session reopens the store")
             finally:
                 self._lock.release()
 
@@ -281,21 +388,37 @@ class SessionStore:
             return store.existing_ids(list(look_ids)) if store.live_version() is not None and look_ids else set()
 
     def upsert(self, points: Sequence[Any], **kwargs: Any) -> int:
-        from shared.library import vector_dims
         from shared.store import BOTTOM_COMPAT, TOP, TOP_COMPAT
 
+        if not points:
+            return 0
+        dims = self._dims()
+        if dims is None:  # a remote analyzer: read the dims off the vectors
+            vectors = points[0].vectors
+            compat = vectors.get(TOP_COMPAT, vectors.get(BOTTOM_COMPAT, ()))
+            dims = (len(next(iter(v for k, v in vectors.items() if k in (TOP, "bottom")))), len(compat))
+        write = _Upsert(list(points), self._model_version() or points[0].record.model_version, dims, kwargs)
+        if self.access.hand_over(write, points):
+            return len(points)
         with self.access.session() as store:
-            if store.live_version() is None:
-                dims = self._dims()
-                if dims is None:  # a remote analyzer: read the dims off the vectors
-                    vectors = points[0].vectors
-                    compat = vectors.get(TOP_COMPAT, vectors.get(BOTTOM_COMPAT, ()))
-                    dims = (
-                        len(next(iter(v for k, v in vectors.items() if k in (TOP, "bottom")))),
-                        len(compat),
-                    )
-                store.ensure(self._model_version() or points[0].record.model_version, vector_dims(dims))
-            return int(store.upsert(points, **kwargs))
+            return write(store)
+
+
+@dataclass(frozen=True)
+class _Upsert:
+    """One store write, picklable, so that the process holding the store can run it (StoreAccess.hand_over)."""
+
+    points: list[Any]
+    model_version: str
+    dims: tuple[int, int]
+    kwargs: dict[str, Any]
+
+    def __call__(self, store: Any) -> int:
+        from shared.library import vector_dims
+
+        if store.live_version() is None:
+            store.ensure(self.model_version, vector_dims(self.dims))
+        return int(store.upsert(self.points, **self.kwargs))
 
 
 # ------------------------------------------------------------------------------------ runtime

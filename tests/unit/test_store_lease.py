@@ -1,0 +1,100 @@
+"""Worker processes sharing the embedded store: the lease, and writes handed to its holder.
+
+Two StoreAccess objects in one process stand for two processes: the lease and Qdrant Edge's own
+directory lock are flock locks of separately opened files, which exclude each other here too.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from services.workers.refresh import SessionStore, StoreAccess
+from shared.settings import load_settings
+from tests.unit.test_store import DIMS, make_point
+
+pytestmark = pytest.mark.unit
+
+
+def _session_store(access: StoreAccess) -> SessionStore:
+    return SessionStore(access, lambda: DIMS, lambda: "model-1")
+
+
+def _ids(access: StoreAccess) -> set[str]:
+    with access.session() as store:
+        return {look.look_id for look in store.scroll(None, limit=100).looks}
+
+
+def test_a_write_is_handed_to_the_process_holding_the_store(tmp_path: Path) -> None:
+    settings = load_settings(data_dir=tmp_path)
+    holder, writer = StoreAccess(settings, held=False), StoreAccess(settings, held=False)
+    rng = np.random.default_rng(0)
+    points = [make_point(i, rng) for i in range(6)]
+    try:
+        assert _session_store(holder).upsert(points[:3]) == 3  # nobody held it: the holder took the lease
+        assert holder._lease is not None
+
+        # The store is held: the writer spools its points, the holder's lease watcher writes them.
+        assert _session_store(writer).upsert(points[3:]) == 3
+        assert writer._lease is None and holder._lease is not None, "the lease did not move"
+        assert not list((tmp_path / "store-spool").iterdir())
+        assert _ids(holder) == {p.record.look_id for p in points}
+
+        # A retried write stores nothing twice.
+        assert _session_store(writer).upsert(points[3:]) == 3
+        with holder.session() as store:
+            assert store.count() == 6
+    finally:
+        holder.close()
+        writer.close()
+
+
+def test_a_spooled_write_is_written_by_the_next_holder_when_its_holder_went_away(tmp_path: Path) -> None:
+    import pickle
+
+    from services.workers.refresh import _Upsert
+
+    settings = load_settings(data_dir=tmp_path)
+    rng = np.random.default_rng(1)
+    first, second = make_point(1, rng), make_point(2, rng)
+    # What a writer left when the holder it handed points to died before writing them.
+    spool = tmp_path / "store-spool"
+    spool.mkdir()
+    (spool / "4242-1-1.points").write_bytes(pickle.dumps(_Upsert([first], "model-1", DIMS, {})))
+
+    access = StoreAccess(settings, held=False)
+    try:
+        # Nobody holds the store: this process takes the lease, writes its own points and the spool.
+        assert _session_store(access).upsert([second]) == 1
+        deadline = time.monotonic() + 5
+        while list(spool.glob("*.points")) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert _ids(access) == {first.record.look_id, second.record.look_id}
+        assert not list(spool.glob("*.points"))
+    finally:
+        access.close()
+
+
+def test_a_spooled_write_the_holder_cannot_make_is_retried_by_its_writer(tmp_path: Path) -> None:
+    from services.workers.refresh import TransientError
+
+    settings = load_settings(data_dir=tmp_path)
+    holder, writer = StoreAccess(settings, held=False), StoreAccess(settings, held=False)
+    rng = np.random.default_rng(2)
+    try:
+        _session_store(holder).upsert([make_point(1, rng)])
+        bad = make_point(2, rng)
+        bad = type(bad)(bad.record, {"shoes": np.ones(4)})  # a vector the collection does not have
+        with pytest.raises(TransientError, match="retried"):
+            _session_store(writer).upsert([bad])
+        assert not list((tmp_path / "store-spool").iterdir()), "nothing is left behind"
+        # The holder goes on: the next handed-over write is stored.
+        good = make_point(3, rng)
+        assert _session_store(writer).upsert([good]) == 1
+        assert good.record.look_id in _ids(holder)
+    finally:
+        holder.close()
+        writer.close()
