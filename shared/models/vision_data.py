@@ -178,6 +178,26 @@ def jpeg(image: Image.Image, quality: int) -> Image.Image:
     return Image.open(buffer).convert("RGB")
 
 
+def _mirror(image: Image.Image, boxes: dict[Kind, BoxXYXY]) -> tuple[Image.Image, dict[Kind, BoxXYXY]]:
+    w = image.width
+    mirrored = {k: (w - b[2], b[1], w - b[0], b[3]) for k, b in boxes.items()}
+    return image.transpose(Image.Transpose.FLIP_LEFT_RIGHT), mirrored
+
+
+def _crop_keeping(
+    image: Image.Image, boxes: dict[Kind, BoxXYXY], region: tuple[int, int, int, int], always: Kind | None = None
+) -> tuple[Image.Image, dict[Kind, BoxXYXY]]:
+    """The crop and the boxes moved into it: a garment cut by it stays (clipped) while at least half of
+    its height remains, and `always` stays whatever is left of it."""
+    x0, y0, x1, y1 = region
+    kept: dict[Kind, BoxXYXY] = {}
+    for kind, box in boxes.items():
+        moved = clip_box((box[0] - x0, box[1] - y0, box[2] - x0, box[3] - y0), x1 - x0, y1 - y0)
+        if kind == always or ((moved[3] - moved[1]) >= 0.5 * (box[3] - box[1]) and box_area(moved) > 0):
+            kept[kind] = moved
+    return image.crop(region), kept
+
+
 def detection_view(
     image: Image.Image, boxes: dict[Kind, BoxXYXY], view: int, seed: object
 ) -> tuple[Image.Image, dict[Kind, BoxXYXY]]:
@@ -191,8 +211,7 @@ def detection_view(
     rng = seeded_rng(seed, view)
     w, h = image.size
     if rng.random() < 0.5:
-        image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
-        boxes = {k: (w - b[2], b[1], w - b[0], b[3]) for k, b in boxes.items()}
+        image, boxes = _mirror(image, boxes)
     mode = rng.choice(["crop", "half", "zoom_out", "crop"]) if view > 1 else "none"
     if mode == "half":
         # A half-body photo: the top of the frame down to somewhere around the hips or knees.
@@ -208,13 +227,7 @@ def detection_view(
         region = (0.0, 0.0, float(w), float(h))
     if mode in ("half", "crop"):
         x0, y0, x1, y1 = (round(v) for v in region)
-        image = image.crop((x0, y0, x1, y1))
-        kept: dict[Kind, BoxXYXY] = {}
-        for kind, box in boxes.items():
-            moved = clip_box((box[0] - x0, box[1] - y0, box[2] - x0, box[3] - y0), x1 - x0, y1 - y0)
-            if (moved[3] - moved[1]) >= 0.5 * (box[3] - box[1]) and box_area(moved) > 0:
-                kept[kind] = moved
-        boxes = kept
+        image, boxes = _crop_keeping(image, boxes, (x0, y0, x1, y1))
         w, h = image.size
     if mode == "zoom_out":
         scale = rng.uniform(0.5, 0.9)
@@ -246,18 +259,10 @@ def garment_photo_view(
     m = [0.0 if rng.random() < tight else rng.uniform(0.05, 0.35) for _ in range(4)]
     region = clip_box((x0 - bw * m[0], y0 - bh * m[1], x1 + bw * m[2], y1 + bh * m[3]), w, h)
     cx0, cy0, cx1, cy1 = (round(v) for v in region)
-    cx1, cy1 = max(cx1, cx0 + 1), max(cy1, cy0 + 1)
-    kept: dict[Kind, BoxXYXY] = {}
-    for kind, box in boxes.items():
-        moved = clip_box((box[0] - cx0, box[1] - cy0, box[2] - cx0, box[3] - cy0), cx1 - cx0, cy1 - cy0)
-        if kind == focus or ((moved[3] - moved[1]) >= 0.5 * (box[3] - box[1]) and box_area(moved) > 0):
-            kept[kind] = moved
-    out = image.crop((cx0, cy0, cx1, cy1))
+    out, kept = _crop_keeping(image, boxes, (cx0, cy0, max(cx1, cx0 + 1), max(cy1, cy0 + 1)), always=focus)
     if augment:
         if rng.random() < 0.5:
-            out = out.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
-            cw = out.width
-            kept = {k: (cw - b[2], b[1], cw - b[0], b[3]) for k, b in kept.items()}
+            out, kept = _mirror(out, kept)
         out = photometric(out, rng)
     return out, kept
 
