@@ -199,7 +199,7 @@ class StoreAccess:
         except StoreUnavailableError as exc:
             raise TransientError(str(exc)) from None
 
-    def hand_over(self, write: Callable[[Any], Any], points: Sequence[Any]) -> bool:
+    def hand_over(self, write: _Upsert) -> bool:
         """Has the process holding the store run `write(store)`: true once it has, false when this
         process should write itself (it holds the lease, or nobody does). See the class docstring."""
 
@@ -208,15 +208,15 @@ class StoreAccess:
         if self._held:
             return False
         try:
-            return self._hand_over(write, points)
+            return self._hand_over(write)
         except StoreUnavailableError as exc:
             raise TransientError(str(exc)) from None
 
-    def _hand_over(self, write: Callable[[Any], Any], points: Sequence[Any]) -> bool:
+    def _hand_over(self, write: _Upsert) -> bool:
         import pickle
 
         with self._lock:
-            if self._lease is not None or self._try_acquire():
+            if self._lease is not None or self._acquire(wait=False):
                 return False
         self._spool.mkdir(parents=True, exist_ok=True)
         name = f"{os.getpid()}-{id(self)}-{time.monotonic_ns()}"
@@ -232,19 +232,19 @@ class StoreAccess:
             if failed.exists():
                 break
             with self._lock:
-                if self._lease is not None or self._try_acquire():
+                if self._lease is not None or self._acquire(wait=False):
                     self._drain_spool()  # the holder went away: write it (and any other) ourselves
                     continue
             if time.monotonic() > deadline:
                 raise TransientError(
-                    f"the process holding the look store did not take {len(points)} looks within "
+                    f"the process holding the look store did not take {len(write.points)} looks within "
                     f"{HANDOFF_TIMEOUT_S:.0f} s; they stay in {spooled} and are written by the next holder"
                 )
             time.sleep(LEASE_POLL_S / 2)
         if failed.exists():
             failed.unlink(missing_ok=True)
             raise TransientError(
-                f"the process holding the look store could not write {len(points)} looks (its log says "
+                f"the process holding the look store could not write {len(write.points)} looks (its log says "
                 "why, under 'a spooled write failed'); the task is retried"
             )
         return True
@@ -271,48 +271,39 @@ class StoreAccess:
             spooled.unlink(missing_ok=True)
             self._last_used = time.monotonic()
 
-    def _acquire(self) -> None:
-        self._wants.mkdir(parents=True, exist_ok=True)
-        self._own_want.touch()
+    def _acquire(self, *, wait: bool = True) -> bool:
+        """Takes the lease: waits for it (asking the holder with a want-file), or with `wait` false
+        takes it only if no other process holds it. True once held."""
+        if wait:
+            self._wants.mkdir(parents=True, exist_ok=True)
+            self._own_want.touch()
         handle = open(self.settings.data_dir / "store-writer.lock", "a+")  # noqa: SIM115 - held by the lease
         asked = time.monotonic()
         try:
-            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                handle.close()
+                return False
             locked = time.monotonic()
             store = self._open()
         except BaseException:
             handle.close()
             raise
         finally:
-            self._own_want.unlink(missing_ok=True)
-        self._took(handle, store, locked - asked, time.monotonic() - locked)
-
-    def _try_acquire(self) -> bool:
-        """Takes the lease if no other process holds it (never waits)."""
-        handle = open(self.settings.data_dir / "store-writer.lock", "a+")  # noqa: SIM115 - held by the lease
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            handle.close()
-            return False
-        locked = time.monotonic()
-        try:
-            store = self._open()
-        except BaseException:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-            handle.close()
-            raise
-        self._took(handle, store, 0.0, time.monotonic() - locked)
-        return True
-
-    def _took(self, handle: Any, store: Any, waited_s: float, open_s: float) -> None:
-        log.info("store lease taken", extra={"waited_s": round(waited_s, 4), "open_s": round(open_s, 4)})
+            if wait:
+                self._own_want.unlink(missing_ok=True)
+        log.info(
+            "store lease taken",
+            extra={"waited_s": round(locked - asked, 4), "open_s": round(time.monotonic() - locked, 4)},
+        )
         self._lease = (handle, store)
         self._last_used = time.monotonic()
         if self._watcher is None:
             self._watcher = threading.Thread(target=self._watch, name="store-lease", daemon=True)
             self._watcher.start()
             atexit.register(self.close)
+        return True
 
     def _release(self) -> None:
         if self._lease is None:
@@ -398,7 +389,7 @@ class SessionStore:
             compat = vectors.get(TOP_COMPAT, vectors.get(BOTTOM_COMPAT, ()))
             dims = (len(next(iter(v for k, v in vectors.items() if k in (TOP, "bottom")))), len(compat))
         write = _Upsert(list(points), self._model_version() or points[0].record.model_version, dims, kwargs)
-        if self.access.hand_over(write, points):
+        if self.access.hand_over(write):
             return len(points)
         with self.access.session() as store:
             return write(store)
