@@ -69,22 +69,37 @@ def _bare_analyze_parallel(files: list[Path], processes: int) -> list[float]:
     return rates
 
 
-def _lease_stats(log_path: Path) -> dict[str, float]:
-    """What the embedded store's lease cost the workers, from their `store lease taken` log lines:
-    how many times a process took the shard, and the seconds spent waiting for it and opening it."""
+def _lease_stats(log_path: Path) -> dict[str, Any]:
+    """What the workers' time went on, from their log.
+
+    `store lease taken` lines: how many times a process took the embedded store's shard, and the
+    seconds spent waiting for it and opening it. `chunk ingested` lines (one per ingestion task),
+    per worker process: tasks, looks, seconds in tasks, of which in ingest_look (read, quality,
+    Analyze, image copy) and in the chunk's store write (with its hand-over to the lease holder).
+    """
     taken, waited, opened = 0, 0.0, 0.0
+    processes: dict[str, dict[str, float]] = {}
     with log_path.open(encoding="utf-8", errors="replace") as lines:
         for line in lines:
-            if '"store lease taken"' not in line:
+            lease, chunk = '"store lease taken"' in line, '"chunk ingested"' in line
+            if not (lease or chunk):
                 continue
             try:
                 record = json.loads(line)
             except ValueError:
                 continue
-            taken += 1
-            waited += float(record.get("waited_s", 0.0))
-            opened += float(record.get("open_s", 0.0))
-    return {"leases_taken": taken, "lease_wait_s": waited, "shard_open_s": opened}
+            if lease:
+                taken += 1
+                waited += float(record.get("waited_s", 0.0))
+                opened += float(record.get("open_s", 0.0))
+                continue
+            row = processes.setdefault(str(record.get("pid", "?")),
+                                       {"tasks": 0, "looks": 0, "task_s": 0.0, "ingest_s": 0.0, "write_s": 0.0})
+            row["tasks"] += 1
+            row["looks"] += int(record.get("looks", 0))
+            for key in ("task_s", "ingest_s", "write_s"):
+                row[key] += float(record.get(key, 0.0))
+    return {"leases_taken": taken, "lease_wait_s": waited, "shard_open_s": opened, "processes": processes}
 
 
 def _ingest(
@@ -108,7 +123,7 @@ def _ingest(
         library = CeleryLibrary(load_settings(mode="scale-out", redis_url=redis_url, data_dir=data_dir, **settings))
         started = time.perf_counter()
         job_id = library.start(str(source))
-        progress = wait_for(library.jobs, job_id, poll_s=0.1)
+        progress = wait_for(library.jobs, job_id, poll_s=0.02)
         elapsed = time.perf_counter() - started
         if progress.done != len(files):
             raise click.ClickException(f"the refresh ingested {progress.done} of {len(files)}: see {worker.log_path}")
@@ -211,6 +226,20 @@ def bench_ingest(data: Path, n: int, chunk_size: int | None, json_path: Path | N
             f"  {workers} worker process(es): taken {row['leases_taken']} times in {row['elapsed_s']:.1f} s, "
             f"{row['lease_wait_s']:.2f} s waiting for it, {row['shard_open_s']:.2f} s opening the shard"
         )
+    lines.append("where each worker process's time went (share of the refresh's wall time; per look: ms):")
+    lines.append(f"  {'process':<22}{'tasks':>6}{'looks':>6}{'ingest_look':>13}{'store write':>13}"
+                 f"{'rest of task':>14}{'outside tasks':>15}{'ms/look':>9}")
+    for workers, row in results["ingest"].items():
+        for pid, p in sorted(row["processes"].items()):
+            elapsed = row["elapsed_s"]
+            rest = p["task_s"] - p["ingest_s"] - p["write_s"]
+            lines.append(
+                f"  {f'{workers} worker(s), pid {pid}':<22}{p['tasks']:>6}{p['looks']:>6}"
+                f"{p['ingest_s'] / elapsed:>13.1%}{p['write_s'] / elapsed:>13.1%}{rest / elapsed:>14.1%}"
+                f"{1 - p['task_s'] / elapsed:>15.1%}{1000 * p['ingest_s'] / max(1, p['looks']):>9.0f}"
+            )
+    lines.append(f"  bare Analyze: {1000 / bare:.0f} ms/look alone; {2000 / sum(side_by_side):.0f} ms/look with "
+                 "2 processes at once")
     click.echo("\n".join(lines))
     text = json.dumps(results, indent=2)
     click.echo(text)

@@ -71,9 +71,21 @@ def item_from_json(data: dict[str, Any]) -> Any:
     )
 
 
-def chunks(items: Sequence[Any], size: int) -> Iterator[list[Any]]:
-    for start in range(0, len(items), max(1, size)):
-        yield list(items[start : start + size])
+def chunks(items: Sequence[Any], size: int, workers: int = 1) -> Iterator[list[Any]]:
+    """Consecutive chunks of at most `size` that shrink towards the end (guided self-scheduling).
+
+    A chunk takes at most 1/(2 x workers) of what is left, so the last tasks of a refresh are one or
+    two looks each: the worker processes finish within about one look of each other, instead of one
+    idling while another works through a whole last chunk (half a chunk per process on average).
+    With `workers` 1 every chunk but the tail's is `size` long.
+    """
+    size, workers = max(1, size), max(1, workers)
+    start = 0
+    while start < len(items):
+        left = len(items) - start
+        step = min(size, -(-left // (2 * workers)))
+        yield list(items[start : start + step])
+        start += step
 
 
 # ------------------------------------------------------------------------------------ vision
@@ -536,12 +548,15 @@ def ingest_looks(rt: LibraryRuntime, items: Sequence[Any], job_id: str) -> list[
     results: list[IngestResult] = []
     buffer = ChunkBuffer()
     analysed: list[tuple[str, Any]] = []
+    started = time.perf_counter()
+    ingest_s = write_s = 0.0
     try:
         for item in items:
             path = str(item.path)
             if rt.jobs.outcome_of(job_id, path) == "done":
                 results.append(IngestResult(path, "exists"))
                 continue
+            began = time.perf_counter()
             try:
                 # Every fault of the file itself (unreadable, not an image, corrupt, over a limit)
                 # comes out of the analyzer as ImageRejected: permanent, quarantined.
@@ -561,10 +576,14 @@ def ingest_looks(rt: LibraryRuntime, items: Sequence[Any], job_id: str) -> list[
             except (VisionUnavailableError, TimeoutError) as exc:
                 # Vision down or overloaded: the same look will go through later.
                 raise TransientError(str(exc)) from exc
+            finally:
+                ingest_s += time.perf_counter() - began
             analysed.append((path, outcome))
     finally:
+        began = time.perf_counter()
         if buffer.points:
             rt.looks.upsert(buffer.points)
+        write_s = time.perf_counter() - began
         for path, outcome in analysed:
             rt.jobs.mark(job_id, path, "done")
             results.append(IngestResult(path, "ingested", outcome.look_id, outcome.status))
@@ -577,6 +596,18 @@ def ingest_looks(rt: LibraryRuntime, items: Sequence[Any], job_id: str) -> list[
                     "quality": outcome.quality_score,
                 },
             )
+        # What the task's time went on: `lookbook bench ingest` adds these up per worker process.
+        log.info(
+            "chunk ingested",
+            extra={
+                "job_id": job_id,
+                "looks": len(analysed),
+                "ingest_s": round(ingest_s, 4),
+                "write_s": round(write_s, 4),
+                "task_s": round(time.perf_counter() - started, 4),
+                "pid": os.getpid(),
+            },
+        )
     return results
 
 

@@ -140,7 +140,7 @@ def refresh_library_task(self: Task, source: str, job_id: str | None = None) -> 
         plan = plan_refresh(rt, source, job_id)
     except PermanentError as exc:
         return {"job_id": job_id, "error": str(exc)}
-    for chunk in chunks(plan.new, rt.settings.ingest_chunk_size):
+    for chunk in chunks(plan.new, rt.settings.ingest_chunk_size, rt.settings.worker_concurrency):
         ingest_looks_task.apply_async(args=(job_id, [item_to_json(i) for i in chunk]))
     return {"job_id": job_id, "new": len(plan.new), "skipped": plan.skipped, "quarantined": plan.quarantined}
 

@@ -114,7 +114,27 @@ def test_bench_ingest_reads_the_lease_cost_off_the_worker_log(tmp_path: Path) ->
         '{"msg": "look ingested", "waited_s": 9}\n'
         '{"msg": "store lease taken", "waited_s": 0.0, "open_s": 0.25}\n'
         '{"msg": "store lease taken", "waited_s": \n'
+        '{"msg": "chunk ingested", "looks": 4, "ingest_s": 0.6, "write_s": 0.02, "task_s": 0.65, "pid": 11}\n'
+        '{"msg": "chunk ingested", "looks": 3, "ingest_s": 0.5, "write_s": 0.01, "task_s": 0.52, "pid": 11}\n'
+        '{"msg": "chunk ingested", "looks": 1, "ingest_s": 0.2, "write_s": 0.0, "task_s": 0.21, "pid": 12}\n'
     )
     stats = _lease_stats(log)
     assert stats["leases_taken"] == 2
     assert stats["lease_wait_s"] == pytest.approx(0.05) and stats["shard_open_s"] == pytest.approx(0.35)
+    first, second = stats["processes"]["11"], stats["processes"]["12"]
+    assert (first["tasks"], first["looks"], second["tasks"], second["looks"]) == (2, 7, 1, 1)
+    assert first["ingest_s"] == pytest.approx(1.1) and first["write_s"] == pytest.approx(0.03)
+    assert first["task_s"] == pytest.approx(1.17) and second["task_s"] == pytest.approx(0.21)
+
+
+@pytest.mark.parametrize(("n", "size", "workers"), [(96, 4, 2), (96, 4, 1), (10, 8, 3), (1, 4, 2), (0, 4, 2), (7, 1, 4)])
+def test_refresh_chunks_keep_order_and_shrink_towards_the_end(n: int, size: int, workers: int) -> None:
+    from services.workers.refresh import chunks
+
+    parts = list(chunks(list(range(n)), size, workers))
+    assert [i for part in parts for i in part] == list(range(n))  # every look once, in order
+    sizes = [len(part) for part in parts]
+    assert all(1 <= s <= size for s in sizes)
+    assert sizes == sorted(sizes, reverse=True)  # the tail is where the small chunks are
+    if n >= 4 * size * workers:
+        assert sizes[0] == size and sizes[-1] == 1
