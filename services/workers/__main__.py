@@ -7,6 +7,7 @@ import sys
 
 from services.workers.app import MissingBrokerError, create_app
 from shared.logs import configure_logging
+from shared.malloc import tune_malloc
 from shared.openmp import tune_openmp
 from shared.settings import SettingsError, load_settings
 
@@ -15,6 +16,7 @@ log = logging.getLogger(__name__)
 
 def main(argv: list[str]) -> int:
     tune_openmp()  # before the worker processes load torch
+    tune_malloc()  # inherited by the forked worker processes
     try:
         settings = load_settings()
     except SettingsError as exc:
