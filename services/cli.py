@@ -10,11 +10,9 @@ import importlib
 
 import click
 
-from shared.malloc import tune_malloc
 from shared.openmp import tune_openmp
 
 tune_openmp()  # before any command imports torch
-tune_malloc()
 
 # Modules that add commands: each defines `register(main: click.Group) -> None`.
 COMMAND_MODULES: list[str] = [

@@ -45,7 +45,10 @@ def _bare_analyze(files: list[Path], settings: Any, barrier: Any = None) -> floa
 
 
 def _bare_worker(files: list[Path], barrier: Any, results: Any) -> None:
+    from shared.malloc import tune_malloc
     from shared.settings import load_settings
+
+    tune_malloc()  # as a worker process runs (services/workers/__main__.py)
 
     results.put(_bare_analyze(files, load_settings(), barrier=barrier))
 

@@ -50,8 +50,8 @@ def test_an_operator_setting_wins() -> None:
 
 def test_children_inherit_the_setting() -> None:
     script = ("import os, subprocess, sys; from shared.malloc import tune_malloc; tune_malloc(); "
-              "sys.exit(subprocess.run([sys.executable, '-c', 'import os; print(os.environ[\"MALLOC_MMAP_THRESHOLD_\"])'])"
-              ".returncode)")
+              "child = 'import os; print(os.environ[\"MALLOC_MMAP_THRESHOLD_\"])'; "
+              "sys.exit(subprocess.run([sys.executable, '-c', child]).returncode)")
     clean = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
     out = subprocess.run([sys.executable, "-c", script], cwd=REPO, env=clean, capture_output=True, text=True,
                          check=True, timeout=60).stdout

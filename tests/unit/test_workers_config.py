@@ -127,7 +127,9 @@ def test_bench_ingest_reads_the_lease_cost_off_the_worker_log(tmp_path: Path) ->
     assert first["task_s"] == pytest.approx(1.17) and second["task_s"] == pytest.approx(0.21)
 
 
-@pytest.mark.parametrize(("n", "size", "workers"), [(96, 4, 2), (96, 4, 1), (10, 8, 3), (1, 4, 2), (0, 4, 2), (7, 1, 4)])
+@pytest.mark.parametrize(
+    ("n", "size", "workers"), [(96, 4, 2), (96, 4, 1), (10, 8, 3), (1, 4, 2), (0, 4, 2), (7, 1, 4)]
+)
 def test_refresh_chunks_keep_order_and_shrink_towards_the_end(n: int, size: int, workers: int) -> None:
     from services.workers.refresh import chunks
 
