@@ -72,7 +72,7 @@ def _bare_analyze_parallel(files: list[Path], processes: int) -> list[float]:
     return rates
 
 
-def _lease_stats(log_path: Path) -> dict[str, Any]:
+def _worker_log_stats(log_path: Path) -> dict[str, Any]:
     """What the workers' time went on, from their log.
 
     `store lease taken` lines: how many times a process took the embedded store's shard, and the
@@ -109,7 +109,7 @@ def _ingest(
     files: list[Path], workers: int, workdir: Path, redis_url: str, chunk_size: int
 ) -> tuple[float, dict[str, float]]:
     """Looks/s of a whole refresh on `workers` Celery processes (models loaded before the clock starts),
-    and what the store lease cost them (_lease_stats)."""
+    and where the workers' time went (_worker_log_stats)."""
     from services.workers.embedded import CeleryLibrary, wait_for
     from services.workers.local_cluster import Worker, worker_env
     from shared.settings import load_settings
@@ -132,7 +132,7 @@ def _ingest(
             raise click.ClickException(f"the refresh ingested {progress.done} of {len(files)}: see {worker.log_path}")
     finally:
         worker.stop()
-    return len(files) / elapsed, {"elapsed_s": elapsed, **_lease_stats(worker.log_path)}
+    return len(files) / elapsed, {"elapsed_s": elapsed, **_worker_log_stats(worker.log_path)}
 
 
 @click.command(name="ingest")

@@ -30,9 +30,13 @@ print("faults", (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / 
 """
 
 
+def _clean_env() -> dict[str, str]:
+    """This environment without any MALLOC_* variable (a parent process may have set them)."""
+    return {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
+
+
 def _run(mode: str, **env: str) -> dict[str, str]:
-    clean = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
-    out = subprocess.run([sys.executable, "-c", _FAULTS, mode], cwd=REPO, env={**clean, **env},
+    out = subprocess.run([sys.executable, "-c", _FAULTS, mode], cwd=REPO, env={**_clean_env(), **env},
                          capture_output=True, text=True, check=True, timeout=120).stdout
     return dict(line.split(" ", 1) for line in out.splitlines())
 
@@ -52,7 +56,6 @@ def test_children_inherit_the_setting() -> None:
     script = ("import os, subprocess, sys; from shared.malloc import tune_malloc; tune_malloc(); "
               "child = 'import os; print(os.environ[\"MALLOC_MMAP_THRESHOLD_\"])'; "
               "sys.exit(subprocess.run([sys.executable, '-c', child]).returncode)")
-    clean = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
-    out = subprocess.run([sys.executable, "-c", script], cwd=REPO, env=clean, capture_output=True, text=True,
+    out = subprocess.run([sys.executable, "-c", script], cwd=REPO, env=_clean_env(), capture_output=True, text=True,
                          check=True, timeout=60).stdout
     assert int(out) == 32 * 2**20

@@ -104,8 +104,8 @@ def test_look_items_travel_as_json() -> None:
     assert item_from_json(json.loads(json.dumps(item_to_json(item)))) == item
 
 
-def test_bench_ingest_reads_the_lease_cost_off_the_worker_log(tmp_path: Path) -> None:
-    from services.commands.bench_ingest import _lease_stats
+def test_bench_ingest_reads_the_lease_cost_and_task_times_off_the_worker_log(tmp_path: Path) -> None:
+    from services.commands.bench_ingest import _worker_log_stats
 
     log = tmp_path / "worker.log"
     log.write_text(
@@ -118,7 +118,7 @@ def test_bench_ingest_reads_the_lease_cost_off_the_worker_log(tmp_path: Path) ->
         '{"msg": "chunk ingested", "looks": 3, "ingest_s": 0.5, "write_s": 0.01, "task_s": 0.52, "pid": 11}\n'
         '{"msg": "chunk ingested", "looks": 1, "ingest_s": 0.2, "write_s": 0.0, "task_s": 0.21, "pid": 12}\n'
     )
-    stats = _lease_stats(log)
+    stats = _worker_log_stats(log)
     assert stats["leases_taken"] == 2
     assert stats["lease_wait_s"] == pytest.approx(0.05) and stats["shard_open_s"] == pytest.approx(0.35)
     first, second = stats["processes"]["11"], stats["processes"]["12"]
