@@ -3,8 +3,9 @@
 A torch forward on the CPU allocates its activations (up to a few MB each) and frees them when it
 ends. glibc serves an allocation above its mmap threshold with a fresh mmap() and gives it back
 with munmap() when freed, and its dynamic threshold never rose above those sizes here, so every
-forward faulted all its activation pages in again, zero-filled by the kernel. Measured on this
-machine (2 cores, `perf stat`): two processes analysing the same 96 looks took 2.7 million page
+forward faulted all its activation pages in again, zero-filled by the kernel
+(tests/unit/test_malloc.py shows it on a small conv net). Measured on this machine with one-off
+scripts (2 cores, `perf stat`): two processes analysing the same 96 looks took 2.7 million page
 faults and 7.2 s of kernel time for 35 s of user time. With the thresholds below, freed
 activations stay in the heap and the next forward reuses them: 0.34 million faults and 1.5 s.
 One process's Analyze of a look photo (vision and quality) took 111-132 ms instead of 147-162 ms
@@ -15,7 +16,7 @@ batches Lookbook runs) instead of returning it. A worker process runs torch on o
 is one heap. The servers (`lookbook serve`) do not set it: they run forwards on a pool of request
 threads, each with its own glibc arena that would keep its own peak, and `lookbook bench match`
 against a tuned server gave a p50 within 4% of an untuned one (121.8 against 126.7 ms, one run
-each) while the bare forward it is compared with got 17% faster.
+each, the tuning switched by hand) while the bare forward it is compared with got 17% faster.
 
 An operator's own MALLOC_MMAP_THRESHOLD_ or MALLOC_TRIM_THRESHOLD_ wins: this only sets defaults.
 The variables are also set for child processes, which read them when their own malloc starts;

@@ -182,7 +182,7 @@ def bench_ingest(data: Path, n: int, chunk_size: int | None, json_path: Path | N
     chunk_size = chunk_size or settings.ingest_chunk_size
     click.echo(f"bare Analyze on {n} looks ...", err=True)
     # In a process of its own, like every other measurement: this one only polls the job, and with
-    # the models loaded here its garbage collections took a tenth of a core from the workers.
+    # the models loaded here it used about a tenth of a core while the workers ran (likely its GCs).
     (bare_before,) = _bare_analyze_parallel(files, 1)
     click.echo(f"bare Analyze on {n} looks, 2 processes at once ...", err=True)
     side_by_side = _bare_analyze_parallel(files, 2)
