@@ -26,10 +26,14 @@ from shared.settings import Settings
 
 log = logging.getLogger(__name__)
 
-# How often a lease holder looks for another process waiting for the store. Each look is one small
-# directory listing; a waiting process loses up to this long per hand-over (at 0.2 s, waiting was
-# 3.7 s of the 6.2 s that 39 hand-overs took in a 2-worker `lookbook bench ingest --chunk-size 2`).
-LEASE_POLL_S = 0.02
+# A process that spools a write or asks for the store wakes the lease holder through a FIFO beside
+# the lock (store-wake.fifo), so the holder's watcher sleeps until there is work. This is how often
+# it looks anyway, in case a wake-up was lost (the FIFO could not be made, or was full). It used to
+# poll every 20 ms, waking 50 times a second beside a busy Analyze, and a handed-over write
+# waited for the next poll.
+LEASE_POLL_S = 0.25
+# How often a process that handed its points to the holder looks whether they are written.
+SPOOL_WAIT_POLL_S = 0.005
 # How long a write handed to the lease holder may wait before it is a transient fault (retried).
 HANDOFF_TIMEOUT_S = 120.0
 
@@ -158,12 +162,14 @@ class StoreAccess:
     store is never held while vision works, only while a session reads or writes.
 
     Writes do not move the lease (`hand_over`): a process that has points to write while another
-    holds the store puts them in a spool file beside the lock, and the holder writes them (its
-    lease watcher looks every LEASE_POLL_S) and deletes the file; the writer returns once the file
-    is gone. A hand-over of the lease costs closing and reopening the shard (65-335 ms with two
-    busy workers); a spooled write costs a poll. If the holder goes away first (the lock is free),
-    the writer takes the lease and writes the spool itself; the writes are idempotent (ids come
-    from the image bytes), so a spool file written twice stores nothing twice.
+    holds the store puts them in a spool file beside the lock and wakes the holder (a byte down the
+    FIFO store-wake.fifo, which only the holder's lease watcher reads; the watcher also looks every
+    LEASE_POLL_S). The holder writes them and deletes the file; the writer returns once the file
+    is gone. A process asking for the lease wakes the holder the same way. A hand-over of the
+    lease costs closing and reopening the shard (65-335 ms with two busy workers); a spooled write
+    costs the holder's write and a few ms of polling by its writer. If the holder goes away first
+    (the lock is free), the writer takes the lease and writes the spool itself; the writes are
+    idempotent (ids come from the image bytes), so a spool file written twice stores nothing twice.
     """
 
     def __init__(
@@ -180,6 +186,8 @@ class StoreAccess:
         self._wants = settings.data_dir / "store-wants"
         self._own_want = self._wants / f"{os.getpid()}-{id(self)}.want"
         self._spool = settings.data_dir / "store-spool"
+        self._wake = settings.data_dir / "store-wake.fifo"
+        self._leased = threading.Event()  # set while this object holds the lease: the watcher's cue
 
     def _open(self) -> Any:
         from shared.store import open_store
@@ -238,6 +246,7 @@ class StoreAccess:
             out.flush()
             os.fsync(out.fileno())
         os.replace(staged, spooled)
+        self._wake_holder()
         failed = spooled.with_suffix(".failed")
         deadline = time.monotonic() + HANDOFF_TIMEOUT_S
         while spooled.exists():
@@ -252,7 +261,7 @@ class StoreAccess:
                     f"the process holding the look store did not take {len(write.points)} looks within "
                     f"{HANDOFF_TIMEOUT_S:.0f} s; they stay in {spooled} and are written by the next holder"
                 )
-            time.sleep(LEASE_POLL_S / 2)
+            time.sleep(SPOOL_WAIT_POLL_S)
         if failed.exists():
             failed.unlink(missing_ok=True)
             raise TransientError(
@@ -289,6 +298,7 @@ class StoreAccess:
         if wait:
             self._wants.mkdir(parents=True, exist_ok=True)
             self._own_want.touch()
+            self._wake_holder()
         handle = open(self.settings.data_dir / "store-writer.lock", "a+")  # noqa: SIM115 - held by the lease
         asked = time.monotonic()
         try:
@@ -311,6 +321,7 @@ class StoreAccess:
         )
         self._lease = (handle, store)
         self._last_used = time.monotonic()
+        self._leased.set()
         if self._watcher is None:
             self._watcher = threading.Thread(target=self._watch, name="store-lease", daemon=True)
             self._watcher.start()
@@ -323,6 +334,7 @@ class StoreAccess:
         self._drain_spool()
         handle, store = self._lease
         self._lease = None
+        self._leased.clear()
         try:
             store.close()
         finally:
@@ -344,21 +356,75 @@ class StoreAccess:
             return True
         return False
 
+    def _wake_holder(self) -> None:
+        """Wakes the lease holder's watcher, if a process holds the store; never blocks."""
+        try:
+            fd = os.open(self._wake, os.O_WRONLY | os.O_NONBLOCK)
+        except OSError:  # ENXIO: no holder is listening; ENOENT: no FIFO yet. The watcher still polls.
+            return
+        try:
+            os.write(fd, b"!")
+        except OSError:  # EAGAIN: the FIFO is full of wake-ups already
+            pass
+        finally:
+            os.close(fd)
+
+    def _open_wake(self) -> tuple[int, int] | None:
+        """The wake FIFO opened for reading, with a writer end of our own so that it never reads as
+        closed; None where it cannot be made (then the watcher polls)."""
+        try:
+            os.mkfifo(self._wake)
+        except FileExistsError:
+            pass
+        except OSError as exc:
+            log.warning(
+                "no store wake-up FIFO; the lease holder polls every LEASE_POLL_S",
+                extra={"path": str(self._wake), "error": str(exc)},
+            )
+            return None
+        try:
+            reader = os.open(self._wake, os.O_RDONLY | os.O_NONBLOCK)
+        except OSError as exc:
+            log.warning(
+                "could not open the store wake-up FIFO; the lease holder polls every LEASE_POLL_S",
+                extra={"path": str(self._wake), "error": str(exc)},
+            )
+            return None
+        return reader, os.open(self._wake, os.O_WRONLY | os.O_NONBLOCK)
+
     def _watch(self) -> None:
-        # Hands the store over when another process asks, or when this one has gone idle.
+        # Hands the store over when another process asks, or when this one has gone idle, and
+        # writes what others spooled. Sleeps while this process does not hold the lease, and while
+        # it does, until woken through the FIFO (or LEASE_POLL_S, or the idle deadline, passes).
+        import select
+
         while True:
-            time.sleep(LEASE_POLL_S)
-            if not self._lock.acquire(blocking=False):
-                continue
+            self._leased.wait()
+            wake = self._open_wake()
             try:
-                self._drain_spool()
-                idle = time.monotonic() - self._last_used > self.idle_release_s
-                if self._lease is not None and (idle or self._others_waiting()):
-                    self._release()
-            except Exception:  # the store itself failed (closing it): the next session reopens it
-                log.exception("store lease watcher failed; the next session reopens the store")
+                while self._lease is not None:
+                    idle_in = self.idle_release_s - (time.monotonic() - self._last_used)
+                    timeout = min(LEASE_POLL_S, max(0.01, idle_in))
+                    if wake is None:
+                        time.sleep(timeout)
+                    elif select.select([wake[0]], [], [], timeout)[0]:
+                        with contextlib.suppress(BlockingIOError):
+                            os.read(wake[0], 4096)
+                    if not self._lock.acquire(blocking=False):
+                        continue  # a session is on: its end writes the spool and looks who waits
+                    try:
+                        self._drain_spool()
+                        idle = time.monotonic() - self._last_used > self.idle_release_s
+                        if self._lease is not None and (idle or self._others_waiting()):
+                            self._release()
+                    except Exception:  # the store itself failed (closing it): the next session reopens it
+                        log.exception("store lease watcher failed; the next session reopens the store")
+                    finally:
+                        self._lock.release()
             finally:
-                self._lock.release()
+                if wake is not None:
+                    for fd in wake:
+                        os.close(fd)
 
     def close(self) -> None:
         with self._lock:

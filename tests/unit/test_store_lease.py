@@ -98,3 +98,35 @@ def test_a_spooled_write_the_holder_cannot_make_is_retried_by_its_writer(tmp_pat
     finally:
         holder.close()
         writer.close()
+
+
+def test_the_holder_is_woken_for_a_handed_over_write_and_for_a_request_for_the_lease(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With the watcher's fallback poll and the idle release a minute away, only the wake-up FIFO
+    gets the spooled write written, and the lease to a process that asks for it; without it the
+    write would time out (a TransientError) and the request would hang."""
+    import threading
+
+    from services.workers import refresh
+
+    monkeypatch.setattr(refresh, "LEASE_POLL_S", 60.0)
+    monkeypatch.setattr(refresh, "HANDOFF_TIMEOUT_S", 10.0)
+    settings = load_settings(data_dir=tmp_path)
+    holder = StoreAccess(settings, held=False, idle_release_s=60.0)
+    writer = StoreAccess(settings, held=False, idle_release_s=60.0)
+    rng = np.random.default_rng(3)
+    try:
+        _session_store(holder).upsert([make_point(1, rng)])
+        time.sleep(0.2)  # the watcher is asleep on the FIFO now
+        assert _session_store(writer).upsert([make_point(2, rng)]) == 1
+        assert writer._lease is None and len(_ids(holder)) == 2
+
+        asked = threading.Thread(target=lambda: _ids(writer), daemon=True)
+        asked.start()
+        asked.join(timeout=10)
+        assert not asked.is_alive(), "the holder was not woken to hand the lease over"
+        assert writer._lease is not None and holder._lease is None
+    finally:
+        holder.close()
+        writer.close()
