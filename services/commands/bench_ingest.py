@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,11 +23,9 @@ def _pick_looks(data: Path, n: int) -> list[Path]:
     return files[:n]
 
 
-def _bare_analyze(files: list[Path], settings: Any, barrier: Any = None) -> float:
-    """Looks/s of the same Analyze the workers run (vision pipeline + quality), one process, one thread.
-
-    With a barrier, the clock starts when every process sharing it has loaded its models.
-    """
+def _bare_pass(files: list[Path], settings: Any) -> Callable[[], float]:
+    """The same Analyze the workers run (vision pipeline + quality), one thread, models loaded and
+    warmed up: returns a function that times one pass over the files (looks/s)."""
     import torch
 
     from services.workers.refresh import QualityCheckedAnalyzer, limits_of, local_analyzer
@@ -36,12 +36,23 @@ def _bare_analyze(files: list[Path], settings: Any, barrier: Any = None) -> floa
     datas = [p.read_bytes() for p in files]
     for data in datas[:2]:  # warm-up: first calls pay for lazy init
         analyzer.analyze_sync(data, want_quality=True)
+
+    def timed_pass() -> float:
+        started = time.perf_counter()
+        for data in datas:
+            analyzer.analyze_sync(data, want_quality=True)
+        return len(datas) / (time.perf_counter() - started)
+
+    return timed_pass
+
+
+def _bare_analyze(files: list[Path], settings: Any, barrier: Any = None) -> float:
+    """Looks/s of one pass of bare Analyze (_bare_pass). With a barrier, the clock starts when every
+    process sharing it has loaded its models."""
+    timed_pass = _bare_pass(files, settings)
     if barrier is not None:
         barrier.wait(timeout=600)
-    started = time.perf_counter()
-    for data in datas:
-        analyzer.analyze_sync(data, want_quality=True)
-    return len(datas) / (time.perf_counter() - started)
+    return timed_pass()
 
 
 def _bare_worker(files: list[Path], barrier: Any, results: Any) -> None:
@@ -51,6 +62,55 @@ def _bare_worker(files: list[Path], barrier: Any, results: Any) -> None:
     tune_malloc()  # as a worker process runs (services/workers/__main__.py)
 
     results.put(_bare_analyze(files, load_settings(), barrier=barrier))
+
+
+def _bare_server(files: list[Path], conn: Any) -> None:
+    """A spawned process holding bare Analyze: one timed pass per request on `conn`, until None."""
+    from shared.malloc import tune_malloc
+    from shared.settings import load_settings
+
+    tune_malloc()  # as a worker process runs (services/workers/__main__.py)
+    timed_pass = _bare_pass(files, load_settings())
+    conn.send("ready")
+    while conn.recv() is not None:
+        conn.send(timed_pass())
+
+
+class _BareReference:
+    """The bare Analyze reference, one spawned process with its models loaded for the whole run.
+
+    Between passes it blocks on its pipe and uses no CPU, so it can stay up while the workers run,
+    and each refresh is timed between two passes of it: this machine's speed drifts by 10-20%
+    within minutes (other jobs beside it), more than the gap the ratios are there to show.
+    """
+
+    def __init__(self, files: list[Path]) -> None:
+        import multiprocessing
+
+        context = multiprocessing.get_context("spawn")
+        self._conn, child = context.Pipe()
+        self._process = context.Process(target=_bare_server, args=(files, child), daemon=True)
+        self._process.start()
+        self._receive()  # "ready"
+
+    def _receive(self) -> Any:
+        if not self._conn.poll(600):
+            raise click.ClickException("the bare Analyze process gave no answer in 600 s: see its output above")
+        try:
+            return self._conn.recv()
+        except EOFError:
+            raise click.ClickException("the bare Analyze process exited: see its output above") from None
+
+    def measure(self) -> float:
+        self._conn.send("pass")
+        return float(self._receive())
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self._conn.send(None)
+        self._process.join(timeout=30)
+        if self._process.is_alive():
+            self._process.kill()
 
 
 def _bare_analyze_parallel(files: list[Path], processes: int) -> list[float]:
@@ -106,28 +166,31 @@ def _worker_log_stats(log_path: Path) -> dict[str, Any]:
 
 
 def _ingest(
-    files: list[Path], workers: int, workdir: Path, redis_url: str, chunk_size: int
-) -> tuple[float, dict[str, float]]:
+    files: list[Path], workers: int, workdir: Path, redis_url: str, chunk_size: int, tag: str = ""
+) -> tuple[float, dict[str, Any]]:
     """Looks/s of a whole refresh on `workers` Celery processes (models loaded before the clock starts),
     and where the workers' time went (_worker_log_stats)."""
     from services.workers.embedded import CeleryLibrary, wait_for
     from services.workers.local_cluster import Worker, worker_env
     from shared.settings import load_settings
 
-    source = workdir / f"source-{workers}"
+    tag = tag or str(workers)
+    source = workdir / f"source-{tag}"
     source.mkdir(parents=True)
     for path in files:
         shutil.copy(path, source / path.name)
-    data_dir = workdir / f"data-{workers}"
+    data_dir = workdir / f"data-{tag}"
     settings = {"worker_concurrency": workers, "ingest_chunk_size": chunk_size}
-    worker = Worker(worker_env(redis_url, data_dir, **settings), workdir / f"worker-{workers}.log").start()
+    worker = Worker(worker_env(redis_url, data_dir, **settings), workdir / f"worker-{tag}.log").start()
     try:
         worker.wait_ready()
         library = CeleryLibrary(load_settings(mode="scale-out", redis_url=redis_url, data_dir=data_dir, **settings))
-        started = time.perf_counter()
+        started = time.time()
         job_id = library.start(str(source))
-        progress = wait_for(library.jobs, job_id, poll_s=0.05)
-        elapsed = time.perf_counter() - started
+        # Timed by the job board itself: from this call to the last look's mark (its updated_at),
+        # so the polling can be slow. It ran on a core the two workers need.
+        progress = wait_for(library.jobs, job_id, poll_s=0.5)
+        elapsed = (progress.updated_at or time.time()) - started
         if progress.done != len(files):
             raise click.ClickException(f"the refresh ingested {progress.done} of {len(files)}: see {worker.log_path}")
     finally:
@@ -151,6 +214,14 @@ def _ingest(
     help="Looks per measurement (a few dozen are dominated by the job's fixed start-up cost).",
 )
 @click.option(
+    "--rounds",
+    default=3,
+    show_default=True,
+    type=click.IntRange(1),
+    help="Rounds of (refresh on 1 worker, refresh on 2), each refresh timed between two bare Analyze passes; "
+    "the summary is the median over the rounds.",
+)
+@click.option(
     "--chunk-size",
     type=click.IntRange(1),
     default=None,
@@ -164,87 +235,117 @@ def _ingest(
     default=None,
     help="Also write the figures as JSON to this file.",
 )
-def bench_ingest(data: Path, n: int, chunk_size: int | None, json_path: Path | None) -> None:
+def bench_ingest(data: Path, n: int, rounds: int, chunk_size: int | None, json_path: Path | None) -> None:
     """Ingestion throughput (looks/s) of a refresh on 1 and 2 Celery worker processes, on a throwaway
-    redis-server and store, beside the bare Analyze throughput of one process, in the same run
-    (timed before and after the refreshes; the ratios use the mean).
+    redis-server and store, beside the bare Analyze throughput of one process, in the same run.
 
-    Each worker process runs one torch thread, like the bare Analyze, so per-process figures compare.
-    Two bare Analyze processes side by side show what the machine itself gives two processes. The
-    workers' `store lease taken` log lines give what taking turns on the embedded store cost.
+    Each refresh is timed between two passes of the bare Analyze (one spawned process that keeps
+    its models loaded and idles between passes), and its ratio is against the mean of those two:
+    this machine's speed drifts within minutes, so a reference timed far from a refresh says little
+    about it. `--rounds` repeats the pair of refreshes; the summary gives the median, min and max.
+    Each worker process runs one torch thread, like the bare Analyze, so per-process figures
+    compare. Two bare Analyze processes side by side show what the machine itself gives two
+    processes. The workers' log lines give where each worker process's time went.
     Needs redis-server on PATH (`bash scripts/ensure_redis.sh`).
     """
+    import statistics
+
     from services.workers.local_cluster import redis_server
     from shared.settings import load_settings
 
     files = _pick_looks(data, n)
     settings = load_settings()
     chunk_size = chunk_size or settings.ingest_chunk_size
-    click.echo(f"bare Analyze on {n} looks ...", err=True)
-    # In a process of its own, like every other measurement: this one only polls the job, and with
-    # the models loaded here it used about a tenth of a core while the workers ran (likely its GCs).
-    (bare_before,) = _bare_analyze_parallel(files, 1)
-    click.echo(f"bare Analyze on {n} looks, 2 processes at once ...", err=True)
+    total_steps = 2 + 4 * rounds
+    step = 0
+
+    def say(what: str) -> None:
+        nonlocal step
+        step += 1
+        click.echo(f"[{step}/{total_steps}] {what} ...", err=True)
+
+    say(f"bare Analyze on {n} looks, 2 processes at once")
     side_by_side = _bare_analyze_parallel(files, 2)
+    say(f"bare Analyze on {n} looks, 1 process")
+    reference = _BareReference(files)
     results: dict[str, Any] = {
         "n": n,
         "chunk_size": chunk_size,
-        "bare_analyze_before_looks_per_s": bare_before,
+        "rounds": rounds,
         "bare_analyze_2_processes_looks_per_s": side_by_side,
-        "ingest": {},
+        "ingest": {"1": {"rounds": []}, "2": {"rounds": []}},
     }
-    with tempfile.TemporaryDirectory(prefix="lookbook-bench-") as tmp:
-        workdir = Path(tmp)
-        try:
-            with redis_server(workdir / "redis") as redis_url:
-                for workers in (1, 2):
-                    click.echo(f"refresh on {workers} worker process(es) ...", err=True)
-                    rate, lease = _ingest(files, workers, workdir, redis_url, chunk_size)
-                    results["ingest"][str(workers)] = {"looks_per_s": rate, "per_worker_looks_per_s": rate / workers,
-                                                       **lease}
-        except RuntimeError as exc:
-            raise click.ClickException(str(exc)) from None
-    # This machine's speed drifts within a minute: the reference is timed before and after the
-    # refreshes, and the ratios are against the mean of the two.
-    click.echo(f"bare Analyze on {n} looks, again ...", err=True)
-    (bare_after,) = _bare_analyze_parallel(files, 1)
-    bare = (bare_before + bare_after) / 2
-    results.update(bare_analyze_after_looks_per_s=bare_after, bare_analyze_looks_per_s=bare)
+    try:
+        bare_runs = [reference.measure()]
+        results["bare_analyze_passes_looks_per_s"] = bare_runs
+        with tempfile.TemporaryDirectory(prefix="lookbook-bench-") as tmp:
+            workdir = Path(tmp)
+            try:
+                with redis_server(workdir / "redis") as redis_url:
+                    for r in range(rounds):
+                        for workers in (1, 2):
+                            say(f"round {r + 1}: refresh on {workers} worker process(es)")
+                            rate, stats = _ingest(files, workers, workdir, redis_url, chunk_size, f"{workers}-r{r}")
+                            say(f"round {r + 1}: bare Analyze again")
+                            bare_runs.append(reference.measure())
+                            bare = (bare_runs[-2] + bare_runs[-1]) / 2
+                            results["ingest"][str(workers)]["rounds"].append(
+                                {"looks_per_s": rate, "per_worker_looks_per_s": rate / workers,
+                                 "bare_before": bare_runs[-2], "bare_after": bare_runs[-1],
+                                 "per_worker_vs_bare": rate / workers / bare, **stats})
+            except RuntimeError as exc:
+                raise click.ClickException(str(exc)) from None
+    finally:
+        reference.close()
     for row in results["ingest"].values():
-        row["per_worker_vs_bare"] = row["per_worker_looks_per_s"] / bare
+        ratios = [x["per_worker_vs_bare"] for x in row["rounds"]]
+        row.update(per_worker_vs_bare_median=statistics.median(ratios), per_worker_vs_bare_min=min(ratios),
+                   per_worker_vs_bare_max=max(ratios))
+    first = bare_runs[0]
     lines = [
-        f"{n} looks, {chunk_size} per ingestion task",
-        f"{'path':<34}{'looks/s':>10}{'per process':>13}{'vs bare':>9}",
-        f"{'bare Analyze (1 process), mean':<34}{bare:>10.2f}{bare:>13.2f}{1.0:>9.2f}"
-        f"   (before {bare_before:.2f}, after {bare_after:.2f})",
-        f"{'bare Analyze (2 processes at once)':<34}{sum(side_by_side):>10.2f}"
-        f"{sum(side_by_side) / 2:>13.2f}{sum(side_by_side) / 2 / bare:>9.2f}",
+        f"{n} looks, {chunk_size} per ingestion task, {rounds} round(s); each refresh against the mean of the bare "
+        "Analyze passes just before and after it",
+        f"{'path':<40}{'looks/s':>10}{'per process':>13}{'vs bare':>9}",
+        f"{'bare Analyze (2 processes at once)':<40}{sum(side_by_side):>10.2f}"
+        f"{sum(side_by_side) / 2:>13.2f}{sum(side_by_side) / 2 / first:>9.2f}   (against the first bare pass, "
+        f"{first:.2f})",
     ]
-    for workers, row in results["ingest"].items():
-        lines.append(
-            f"{f'refresh, {workers} worker process(es)':<34}{row['looks_per_s']:>10.2f}"
-            f"{row['per_worker_looks_per_s']:>13.2f}{row['per_worker_vs_bare']:>9.2f}"
-        )
-    lines.append("embedded store lease (Qdrant Edge: one process per directory, the workers take turns):")
-    for workers, row in results["ingest"].items():
-        lines.append(
-            f"  {workers} worker process(es): taken {row['leases_taken']} times in {row['elapsed_s']:.1f} s, "
-            f"{row['lease_wait_s']:.2f} s waiting for it, {row['shard_open_s']:.2f} s opening the shard"
-        )
-    lines.append("where each worker process's time went (share of the refresh's wall time; per look: ms):")
-    lines.append(f"  {'process':<22}{'tasks':>6}{'looks':>6}{'ingest_look':>13}{'store write':>13}"
-                 f"{'rest of task':>14}{'outside tasks':>15}{'ms/look':>9}")
-    for workers, row in results["ingest"].items():
-        for pid, p in sorted(row["processes"].items()):
-            elapsed = row["elapsed_s"]
-            rest = p["task_s"] - p["ingest_s"] - p["write_s"]
+    for r in range(rounds):
+        for key in ("1", "2"):
+            row = results["ingest"][key]["rounds"][r]
             lines.append(
-                f"  {f'{workers} worker(s), pid {pid}':<22}{p['tasks']:>6}{p['looks']:>6}"
-                f"{p['ingest_s'] / elapsed:>13.1%}{p['write_s'] / elapsed:>13.1%}{rest / elapsed:>14.1%}"
-                f"{1 - p['task_s'] / elapsed:>15.1%}{1000 * p['ingest_s'] / max(1, p['looks']):>9.0f}"
+                f"{f'round {r + 1}: refresh, {key} worker process(es)':<40}{row['looks_per_s']:>10.2f}"
+                f"{row['per_worker_looks_per_s']:>13.2f}{row['per_worker_vs_bare']:>9.2f}"
+                f"   (bare {row['bare_before']:.2f} before, {row['bare_after']:.2f} after)"
             )
-    lines.append(f"  bare Analyze: {1000 / bare:.0f} ms/look alone; {2000 / sum(side_by_side):.0f} ms/look with "
-                 "2 processes at once")
+    lines.append("per worker process vs bare Analyze, over the rounds:")
+    for key, row in results["ingest"].items():
+        lines.append(f"  {key} worker process(es): median {row['per_worker_vs_bare_median']:.2f} "
+                     f"(min {row['per_worker_vs_bare_min']:.2f}, max {row['per_worker_vs_bare_max']:.2f})")
+    lines.append("embedded store lease (Qdrant Edge: one process per directory, the workers take turns):")
+    for key, row in results["ingest"].items():
+        for r, x in enumerate(row["rounds"]):
+            lines.append(
+                f"  round {r + 1}, {key} worker process(es): taken {x['leases_taken']} times in "
+                f"{x['elapsed_s']:.1f} s, {x['lease_wait_s']:.2f} s waiting for it, {x['shard_open_s']:.2f} s "
+                "opening the shard"
+            )
+    lines.append("where each worker process's time went (share of the refresh's wall time; per look: ms):")
+    lines.append(f"  {'process':<30}{'tasks':>6}{'looks':>6}{'ingest_look':>13}{'store write':>13}"
+                 f"{'rest of task':>14}{'outside tasks':>15}{'ms/look':>9}")
+    for r in range(rounds):
+        for key in ("1", "2"):
+            x = results["ingest"][key]["rounds"][r]
+            elapsed = x["elapsed_s"]
+            for pid, p in sorted(x["processes"].items()):
+                rest = p["task_s"] - p["ingest_s"] - p["write_s"]
+                lines.append(
+                    f"  {f'round {r + 1}, {key} worker(s), pid {pid}':<30}{p['tasks']:>6}{p['looks']:>6}"
+                    f"{p['ingest_s'] / elapsed:>13.1%}{p['write_s'] / elapsed:>13.1%}{rest / elapsed:>14.1%}"
+                    f"{1 - p['task_s'] / elapsed:>15.1%}{1000 * p['ingest_s'] / max(1, p['looks']):>9.0f}"
+                )
+    lines.append(f"  bare Analyze: {1000 / statistics.mean(bare_runs):.0f} ms/look alone (mean of the passes); "
+                 f"{2000 / sum(side_by_side):.0f} ms/look with 2 processes at once")
     click.echo("\n".join(lines))
     text = json.dumps(results, indent=2)
     click.echo(text)
