@@ -327,6 +327,10 @@ def _print_report(report: dict[str, Any]) -> None:
             f"{_fmt(e.get('mean_iou')):>8}  {_fmt(e.get('rule_hit_rate')):>8}  {_fmt(e.get('rule_mean_iou')):>8}"
             f"  {_fmt(e.get('missed_presence')):>15}  {_fmt(e.get('false_presence_rate')):>14}"
         )
+    for kind in ("top", "bottom"):
+        if "iou_histogram" in det[kind]:
+            bins = ", ".join(f"{k}: {v}" for k, v in det[kind]["iou_histogram"].items())
+            click.echo(f"  {kind} boxes by IoU with the truth: {bins}")
     query = report["query_detection"]
     click.echo(
         "\nquery photos of a top or bottom (loose: 5-35% background; tight: the box's crop)  "

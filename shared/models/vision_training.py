@@ -469,6 +469,16 @@ def train_embedding(
 # ---------------------------------------------------------------------------------------- evaluation
 
 
+IOU_BIN_EDGES = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
+
+
+def iou_histogram(ious: Sequence[float]) -> dict[str, int]:
+    """How many detections fall in each IoU bin ("0.4-0.5": 0.4 <= IoU < 0.5; the last bin holds 1.0):
+    tells near misses (a box slightly off) from gross ones (another garment, or none)."""
+    counts = np.histogram(np.clip(np.asarray(ious, dtype=np.float64), 0.0, 1.0), bins=IOU_BIN_EDGES)[0]
+    return {f"{lo:.1f}-{hi:.1f}": int(c) for lo, hi, c in zip(IOU_BIN_EDGES, IOU_BIN_EDGES[1:], counts, strict=False)}
+
+
 def evaluate_detection(data_dir: Path, split: Split, *, device: torch.device,
                        detector: detector_mod.GarmentDetector | None, cache_dir: Path = DEFAULT_CACHE_DIR,
                        presence_threshold: float = 0.5) -> dict[str, Any]:
@@ -514,7 +524,8 @@ def evaluate_detection(data_dir: Path, split: Split, *, device: torch.device,
             entry.update(rule_hit_rate=float(np.mean(np.array(rule_ious) >= 0.5)),
                          rule_mean_iou=float(np.mean(rule_ious)))
         if det_ious:
-            entry.update(hit_rate=float(np.mean(det_hits)), mean_iou=float(np.mean(det_ious)), missed_presence=missed)
+            entry.update(hit_rate=float(np.mean(det_hits)), mean_iou=float(np.mean(det_ious)), missed_presence=missed,
+                         iou_histogram=iou_histogram(det_ious))
         if predictions and absent:
             entry["false_presence_rate"] = false_present / absent
         out[kind] = entry

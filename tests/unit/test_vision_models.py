@@ -308,3 +308,13 @@ def test_feature_extraction_leaves_the_global_rng_alone(tmp_path: Path) -> None:
         crop_features(crop_jobs, device=torch.device("cpu"), cache_dir=tmp_path / "cache")
         assert torch.equal(torch.rand(4), expected)
     assert s16.shape[0] == s32.shape[0] == 2 and target[:, 0, 0].tolist() == [1.0, 1.0]
+
+
+def test_iou_histogram_puts_each_detection_in_one_bin_and_tells_near_misses_from_gross_ones() -> None:
+    from shared.models.vision_training import iou_histogram
+
+    bins = iou_histogram([0.0, 0.05, 0.45, 0.49, 0.5, 0.93, 1.0])
+    assert sum(bins.values()) == 7
+    assert bins["0.0-0.1"] == 2 and bins["0.4-0.5"] == 2 and bins["0.5-0.6"] == 1
+    assert bins["0.9-1.0"] == 2  # a perfect box is in the last bin
+    assert list(bins) == [f"{i / 10:.1f}-{(i + 1) / 10:.1f}" for i in range(10)]
