@@ -158,8 +158,10 @@ class StoreAccess:
     process passes its own open store (held). Qdrant Edge allows one process per directory and
     opening plus closing a shard costs most of a second, so worker processes on one host share it by
     lease: a process takes a host-wide lock and keeps the shard open across sessions until another
-    process asks for it (a want-file beside the lock) or it has been idle for `idle_release_s`; the
-    store is never held while vision works, only while a session reads or writes.
+    process asks for it (a want-file beside the lock) or it has been idle for `idle_release_s`
+    outside any unit of work (`working`: an ingestion task, whose store writes come one chunk of
+    Analyze apart); the store is never locked while vision works, only while a session reads or
+    writes.
 
     Writes do not move the lease (`hand_over`): a process that has points to write while another
     holds the store puts them in a spool file beside the lock and wakes the holder (a byte down the
@@ -188,6 +190,7 @@ class StoreAccess:
         self._spool = settings.data_dir / "store-spool"
         self._wake = settings.data_dir / "store-wake.fifo"
         self._leased = threading.Event()  # set while this object holds the lease: the watcher's cue
+        self._working = 0  # units of work in progress (`working`): no release for idleness meanwhile
 
     def _open(self) -> Any:
         from shared.store import open_store
@@ -218,6 +221,21 @@ class StoreAccess:
                         self._release()
         except StoreUnavailableError as exc:
             raise TransientError(str(exc)) from None
+
+    @contextlib.contextmanager
+    def working(self) -> Iterator[None]:
+        """A unit of work (an ingestion task) that writes now and then: the lease is kept through it
+        however long its Analyze takes between writes, and released for idleness only
+        `idle_release_s` after it ends. A process that asks for the store still gets it at once."""
+        self._working += 1
+        try:
+            yield
+        finally:
+            self._working -= 1
+            self._last_used = time.monotonic()
+
+    def _idle(self) -> bool:
+        return not self._working and time.monotonic() - self._last_used > self.idle_release_s
 
     def hand_over(self, write: _Upsert) -> bool:
         """Has the process holding the store run `write(store)`: true once it has, false when this
@@ -404,7 +422,7 @@ class StoreAccess:
             try:
                 while self._lease is not None:
                     idle_in = self.idle_release_s - (time.monotonic() - self._last_used)
-                    timeout = min(LEASE_POLL_S, max(0.01, idle_in))
+                    timeout = LEASE_POLL_S if self._working else min(LEASE_POLL_S, max(0.01, idle_in))
                     if wake is None:
                         time.sleep(timeout)
                     elif select.select([wake[0]], [], [], timeout)[0]:
@@ -414,8 +432,7 @@ class StoreAccess:
                         continue  # a session is on: its end writes the spool and looks who waits
                     try:
                         self._drain_spool()
-                        idle = time.monotonic() - self._last_used > self.idle_release_s
-                        if self._lease is not None and (idle or self._others_waiting()):
+                        if self._lease is not None and (self._idle() or self._others_waiting()):
                             self._release()
                     except Exception:  # the store itself failed (closing it): the next session reopens it
                         log.exception("store lease watcher failed; the next session reopens the store")
@@ -611,70 +628,71 @@ def ingest_looks(rt: LibraryRuntime, items: Sequence[Any], job_id: str) -> list[
     from shared.images import ImageRejected
     from shared.library import ingest_look
 
-    results: list[IngestResult] = []
-    buffer = ChunkBuffer()
-    analysed: list[tuple[str, Any]] = []
-    started = time.perf_counter()
-    ingest_s = write_s = 0.0
-    try:
-        for item in items:
-            path = str(item.path)
-            if rt.jobs.outcome_of(job_id, path) == "done":
-                results.append(IngestResult(path, "exists"))
-                continue
+    with rt.store.working():  # one chunk of Analyze between two writes: keep the store's lease
+        results: list[IngestResult] = []
+        buffer = ChunkBuffer()
+        analysed: list[tuple[str, Any]] = []
+        started = time.perf_counter()
+        ingest_s = write_s = 0.0
+        try:
+            for item in items:
+                path = str(item.path)
+                if rt.jobs.outcome_of(job_id, path) == "done":
+                    results.append(IngestResult(path, "exists"))
+                    continue
+                began = time.perf_counter()
+                try:
+                    # Every fault of the file itself (unreadable, not an image, corrupt, over a limit)
+                    # comes out of the analyzer as ImageRejected: permanent, quarantined.
+                    outcome = ingest_look(
+                        item,
+                        analyzer=rt.analyzer,
+                        store=buffer,  # type: ignore[arg-type]
+                        images_dir=rt.settings.images_dir,
+                        auto_approve_quality=rt.settings.auto_approve_quality,
+                        max_image_bytes=rt.settings.max_image_bytes,
+                        skip_existing=False,
+                    )
+                except ImageRejected as exc:
+                    quarantine(rt, job_id, path, str(exc))
+                    results.append(IngestResult(path, "quarantined"))
+                    continue
+                except (VisionUnavailableError, TimeoutError) as exc:
+                    # Vision down or overloaded: the same look will go through later.
+                    raise TransientError(str(exc)) from exc
+                finally:
+                    ingest_s += time.perf_counter() - began
+                analysed.append((path, outcome))
+        finally:
             began = time.perf_counter()
-            try:
-                # Every fault of the file itself (unreadable, not an image, corrupt, over a limit)
-                # comes out of the analyzer as ImageRejected: permanent, quarantined.
-                outcome = ingest_look(
-                    item,
-                    analyzer=rt.analyzer,
-                    store=buffer,  # type: ignore[arg-type]
-                    images_dir=rt.settings.images_dir,
-                    auto_approve_quality=rt.settings.auto_approve_quality,
-                    max_image_bytes=rt.settings.max_image_bytes,
-                    skip_existing=False,
+            if buffer.points:
+                rt.looks.upsert(buffer.points)
+            write_s = time.perf_counter() - began
+            for path, outcome in analysed:
+                rt.jobs.mark(job_id, path, "done")
+                results.append(IngestResult(path, "ingested", outcome.look_id, outcome.status))
+                log.info(
+                    "look ingested",
+                    extra={
+                        "job_id": job_id,
+                        "look_id": outcome.look_id,
+                        "status": outcome.status,
+                        "quality": outcome.quality_score,
+                    },
                 )
-            except ImageRejected as exc:
-                quarantine(rt, job_id, path, str(exc))
-                results.append(IngestResult(path, "quarantined"))
-                continue
-            except (VisionUnavailableError, TimeoutError) as exc:
-                # Vision down or overloaded: the same look will go through later.
-                raise TransientError(str(exc)) from exc
-            finally:
-                ingest_s += time.perf_counter() - began
-            analysed.append((path, outcome))
-    finally:
-        began = time.perf_counter()
-        if buffer.points:
-            rt.looks.upsert(buffer.points)
-        write_s = time.perf_counter() - began
-        for path, outcome in analysed:
-            rt.jobs.mark(job_id, path, "done")
-            results.append(IngestResult(path, "ingested", outcome.look_id, outcome.status))
+            # What the task's time went on: `lookbook bench ingest` adds these up per worker process.
             log.info(
-                "look ingested",
+                "chunk ingested",
                 extra={
                     "job_id": job_id,
-                    "look_id": outcome.look_id,
-                    "status": outcome.status,
-                    "quality": outcome.quality_score,
+                    "looks": len(analysed),
+                    "ingest_s": round(ingest_s, 4),
+                    "write_s": round(write_s, 4),
+                    "task_s": round(time.perf_counter() - started, 4),
+                    "pid": os.getpid(),
                 },
             )
-        # What the task's time went on: `lookbook bench ingest` adds these up per worker process.
-        log.info(
-            "chunk ingested",
-            extra={
-                "job_id": job_id,
-                "looks": len(analysed),
-                "ingest_s": round(ingest_s, 4),
-                "write_s": round(write_s, 4),
-                "task_s": round(time.perf_counter() - started, 4),
-                "pid": os.getpid(),
-            },
-        )
-    return results
+        return results
 
 
 def reembed(rt: LibraryRuntime, model_version: str) -> int:

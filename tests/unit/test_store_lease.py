@@ -130,3 +130,25 @@ def test_the_holder_is_woken_for_a_handed_over_write_and_for_a_request_for_the_l
     finally:
         holder.close()
         writer.close()
+
+
+def test_the_lease_is_kept_through_a_unit_of_work_and_released_for_idleness_after_it(tmp_path: Path) -> None:
+    """An ingestion task writes one chunk of Analyze apart, which can take longer than the idle
+    release: it must not reopen the shard for each write. Outside a unit of work idleness releases."""
+    settings = load_settings(data_dir=tmp_path)
+    access = StoreAccess(settings, held=False, idle_release_s=0.3)
+    rng = np.random.default_rng(4)
+    try:
+        with access.working():
+            _session_store(access).upsert([make_point(1, rng)])
+            lease = access._lease
+            time.sleep(1.0)  # "Analyze": over three idle-release periods without a store session
+            assert access._lease is lease, "the lease was dropped in the middle of the task"
+            _session_store(access).upsert([make_point(2, rng)])
+            assert access._lease is lease
+        deadline = time.monotonic() + 5
+        while access._lease is not None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert access._lease is None, "the lease was not released once the work was over and idle"
+    finally:
+        access.close()
