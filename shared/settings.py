@@ -134,7 +134,11 @@ class Settings(BaseSettings):
         description="A worker process is replaced after a task leaves it above this RSS.",
     )
     ingest_chunk_size: int = Field(
-        4, ge=1, le=1000, description="Looks per ingestion task of a refresh (smaller: a shorter idle tail)."
+        16,
+        ge=1,
+        le=1000,
+        description="Most looks per ingestion task of a refresh; chunks shrink towards its end. Larger: fewer "
+        "tasks and store writes; smaller: finer progress, less work redone after a crash.",
     )
     task_max_retries: int = Field(6, ge=0, le=100, description="Retries of a task after a transient fault.")
     retry_backoff_max_s: float = Field(60.0, ge=1, le=3600, description="Longest wait between retries.")
