@@ -400,15 +400,18 @@ class StoreAccess:
                 extra={"path": str(self._wake), "error": str(exc)},
             )
             return None
+        reader = -1
         try:
             reader = os.open(self._wake, os.O_RDONLY | os.O_NONBLOCK)
+            return reader, os.open(self._wake, os.O_WRONLY | os.O_NONBLOCK)
         except OSError as exc:
+            if reader >= 0:
+                os.close(reader)
             log.warning(
                 "could not open the store wake-up FIFO; the lease holder polls every LEASE_POLL_S",
                 extra={"path": str(self._wake), "error": str(exc)},
             )
             return None
-        return reader, os.open(self._wake, os.O_WRONLY | os.O_NONBLOCK)
 
     def _watch(self) -> None:
         # Hands the store over when another process asks, or when this one has gone idle, and
@@ -425,9 +428,17 @@ class StoreAccess:
                     timeout = LEASE_POLL_S if self._working else min(LEASE_POLL_S, max(0.01, idle_in))
                     if wake is None:
                         time.sleep(timeout)
-                    elif select.select([wake[0]], [], [], timeout)[0]:
-                        with contextlib.suppress(BlockingIOError):
-                            os.read(wake[0], 4096)
+                    else:
+                        try:
+                            if select.select([wake[0]], [], [], timeout)[0]:
+                                with contextlib.suppress(BlockingIOError):
+                                    os.read(wake[0], 4096)
+                        except OSError:  # the FIFO went bad (removed with the data dir?): poll instead
+                            log.exception("store wake-up FIFO failed; the lease holder polls every LEASE_POLL_S")
+                            for fd in wake:
+                                with contextlib.suppress(OSError):
+                                    os.close(fd)
+                            wake = None
                     if not self._lock.acquire(blocking=False):
                         continue  # a session is on: its end writes the spool and looks who waits
                     try:
