@@ -635,75 +635,79 @@ def ingest_looks(rt: LibraryRuntime, items: Sequence[Any], job_id: str) -> list[
     image is quarantined with its reason and never retried. A transient fault (TransientError)
     stores what was analysed, then propagates for a retry.
     """
+    with rt.store.working():  # one chunk of Analyze between two writes: keep the store's lease
+        return _ingest_chunk(rt, items, job_id)
+
+
+def _ingest_chunk(rt: LibraryRuntime, items: Sequence[Any], job_id: str) -> list[IngestResult]:
     from services.vision.client import VisionUnavailableError
     from shared.images import ImageRejected
     from shared.library import ingest_look
 
-    with rt.store.working():  # one chunk of Analyze between two writes: keep the store's lease
-        results: list[IngestResult] = []
-        buffer = ChunkBuffer()
-        analysed: list[tuple[str, Any]] = []
-        started = time.perf_counter()
-        ingest_s = write_s = 0.0
-        try:
-            for item in items:
-                path = str(item.path)
-                if rt.jobs.outcome_of(job_id, path) == "done":
-                    results.append(IngestResult(path, "exists"))
-                    continue
-                began = time.perf_counter()
-                try:
-                    # Every fault of the file itself (unreadable, not an image, corrupt, over a limit)
-                    # comes out of the analyzer as ImageRejected: permanent, quarantined.
-                    outcome = ingest_look(
-                        item,
-                        analyzer=rt.analyzer,
-                        store=buffer,  # type: ignore[arg-type]
-                        images_dir=rt.settings.images_dir,
-                        auto_approve_quality=rt.settings.auto_approve_quality,
-                        max_image_bytes=rt.settings.max_image_bytes,
-                        skip_existing=False,
-                    )
-                except ImageRejected as exc:
-                    quarantine(rt, job_id, path, str(exc))
-                    results.append(IngestResult(path, "quarantined"))
-                    continue
-                except (VisionUnavailableError, TimeoutError) as exc:
-                    # Vision down or overloaded: the same look will go through later.
-                    raise TransientError(str(exc)) from exc
-                finally:
-                    ingest_s += time.perf_counter() - began
-                analysed.append((path, outcome))
-        finally:
+    results: list[IngestResult] = []
+    buffer = ChunkBuffer()
+    analysed: list[tuple[str, Any]] = []
+    started = time.perf_counter()
+    ingest_s = write_s = 0.0
+    try:
+        for item in items:
+            path = str(item.path)
+            if rt.jobs.outcome_of(job_id, path) == "done":
+                results.append(IngestResult(path, "exists"))
+                continue
             began = time.perf_counter()
-            if buffer.points:
-                rt.looks.upsert(buffer.points)
-            write_s = time.perf_counter() - began
-            for path, outcome in analysed:
-                rt.jobs.mark(job_id, path, "done")
-                results.append(IngestResult(path, "ingested", outcome.look_id, outcome.status))
-                log.info(
-                    "look ingested",
-                    extra={
-                        "job_id": job_id,
-                        "look_id": outcome.look_id,
-                        "status": outcome.status,
-                        "quality": outcome.quality_score,
-                    },
+            try:
+                # Every fault of the file itself (unreadable, not an image, corrupt, over a limit)
+                # comes out of the analyzer as ImageRejected: permanent, quarantined.
+                outcome = ingest_look(
+                    item,
+                    analyzer=rt.analyzer,
+                    store=buffer,  # type: ignore[arg-type]
+                    images_dir=rt.settings.images_dir,
+                    auto_approve_quality=rt.settings.auto_approve_quality,
+                    max_image_bytes=rt.settings.max_image_bytes,
+                    skip_existing=False,
                 )
-            # What the task's time went on: `lookbook bench ingest` adds these up per worker process.
+            except ImageRejected as exc:
+                quarantine(rt, job_id, path, str(exc))
+                results.append(IngestResult(path, "quarantined"))
+                continue
+            except (VisionUnavailableError, TimeoutError) as exc:
+                # Vision down or overloaded: the same look will go through later.
+                raise TransientError(str(exc)) from exc
+            finally:
+                ingest_s += time.perf_counter() - began
+            analysed.append((path, outcome))
+    finally:
+        began = time.perf_counter()
+        if buffer.points:
+            rt.looks.upsert(buffer.points)
+        write_s = time.perf_counter() - began
+        for path, outcome in analysed:
+            rt.jobs.mark(job_id, path, "done")
+            results.append(IngestResult(path, "ingested", outcome.look_id, outcome.status))
             log.info(
-                "chunk ingested",
+                "look ingested",
                 extra={
                     "job_id": job_id,
-                    "looks": len(analysed),
-                    "ingest_s": round(ingest_s, 4),
-                    "write_s": round(write_s, 4),
-                    "task_s": round(time.perf_counter() - started, 4),
-                    "pid": os.getpid(),
+                    "look_id": outcome.look_id,
+                    "status": outcome.status,
+                    "quality": outcome.quality_score,
                 },
             )
-        return results
+        # What the task's time went on: `lookbook bench ingest` adds these up per worker process.
+        log.info(
+            "chunk ingested",
+            extra={
+                "job_id": job_id,
+                "looks": len(analysed),
+                "ingest_s": round(ingest_s, 4),
+                "write_s": round(write_s, 4),
+                "task_s": round(time.perf_counter() - started, 4),
+                "pid": os.getpid(),
+            },
+        )
+    return results
 
 
 def reembed(rt: LibraryRuntime, model_version: str) -> int:
