@@ -46,24 +46,6 @@ def _bare_pass(files: list[Path], settings: Any) -> Callable[[], float]:
     return timed_pass
 
 
-def _bare_analyze(files: list[Path], settings: Any, barrier: Any = None) -> float:
-    """Looks/s of one pass of bare Analyze (_bare_pass). With a barrier, the clock starts when every
-    process sharing it has loaded its models."""
-    timed_pass = _bare_pass(files, settings)
-    if barrier is not None:
-        barrier.wait(timeout=600)
-    return timed_pass()
-
-
-def _bare_worker(files: list[Path], barrier: Any, results: Any) -> None:
-    from shared.malloc import tune_malloc
-    from shared.settings import load_settings
-
-    tune_malloc()  # as a worker process runs (services/workers/__main__.py)
-
-    results.put(_bare_analyze(files, load_settings(), barrier=barrier))
-
-
 def _bare_server(files: list[Path], conn: Any) -> None:
     """A spawned process holding bare Analyze: one timed pass per request on `conn`, until None."""
     from shared.malloc import tune_malloc
@@ -77,11 +59,12 @@ def _bare_server(files: list[Path], conn: Any) -> None:
 
 
 class _BareReference:
-    """The bare Analyze reference, one spawned process with its models loaded for the whole run.
+    """Bare Analyze in a spawned process that keeps its models loaded, timing a pass on request.
 
     Between passes it blocks on its pipe and uses no CPU, so it can stay up while the workers run,
     and each refresh is timed between two passes of it: this machine's speed drifts by 10-20%
     within minutes (other jobs beside it), more than the gap the ratios are there to show.
+    Several of them started and then asked together run their passes side by side.
     """
 
     def __init__(self, files: list[Path]) -> None:
@@ -90,8 +73,8 @@ class _BareReference:
         context = multiprocessing.get_context("spawn")
         self._conn, child = context.Pipe()
         self._process = context.Process(target=_bare_server, args=(files, child), daemon=True)
-        self._process.start()
-        self._receive()  # "ready"
+        self._process.start()  # loads its models while the caller goes on
+        self._ready = False
 
     def _receive(self) -> Any:
         if not self._conn.poll(600):
@@ -101,9 +84,21 @@ class _BareReference:
         except EOFError:
             raise click.ClickException("the bare Analyze process exited: see its output above") from None
 
-    def measure(self) -> float:
+    def wait_ready(self) -> None:
+        if not self._ready:
+            self._receive()  # "ready"
+            self._ready = True
+
+    def start_pass(self) -> None:
+        self.wait_ready()
         self._conn.send("pass")
+
+    def result(self) -> float:
         return float(self._receive())
+
+    def measure(self) -> float:
+        self.start_pass()
+        return self.result()
 
     def close(self) -> None:
         with contextlib.suppress(OSError):
@@ -114,22 +109,22 @@ class _BareReference:
 
 
 def _bare_analyze_parallel(files: list[Path], processes: int) -> list[float]:
-    """Looks/s of each of `processes` bare Analyze processes (spawned) running at once, each on all the files.
+    """Looks/s of each of `processes` bare Analyze processes running at once, each on all the files
+    (their passes start together, once every one has loaded its models).
 
     What this machine gives several single-threaded torch processes side by side, before any queue,
     store or worker is involved: the ceiling for the per-process ingestion figures.
     """
-    import multiprocessing
-
-    context = multiprocessing.get_context("spawn")
-    barrier, results = context.Barrier(processes), context.Queue()
-    workers = [context.Process(target=_bare_worker, args=(files, barrier, results)) for _ in range(processes)]
-    for worker in workers:
-        worker.start()
-    rates = [results.get(timeout=600) for _ in workers]
-    for worker in workers:
-        worker.join()
-    return rates
+    references = [_BareReference(files) for _ in range(processes)]
+    try:
+        for reference in references:
+            reference.wait_ready()
+        for reference in references:
+            reference.start_pass()
+        return [reference.result() for reference in references]
+    finally:
+        for reference in references:
+            reference.close()
 
 
 def _worker_log_stats(log_path: Path) -> dict[str, Any]:
@@ -166,7 +161,7 @@ def _worker_log_stats(log_path: Path) -> dict[str, Any]:
 
 
 def _ingest(
-    files: list[Path], workers: int, workdir: Path, redis_url: str, chunk_size: int, tag: str = ""
+    files: list[Path], workers: int, workdir: Path, redis_url: str, chunk_size: int, tag: str
 ) -> tuple[float, dict[str, Any]]:
     """Looks/s of a whole refresh on `workers` Celery processes (models loaded before the clock starts),
     and where the workers' time went (_worker_log_stats)."""
@@ -174,7 +169,6 @@ def _ingest(
     from services.workers.local_cluster import Worker, worker_env
     from shared.settings import load_settings
 
-    tag = tag or str(workers)
     source = workdir / f"source-{tag}"
     source.mkdir(parents=True)
     for path in files:
@@ -187,8 +181,8 @@ def _ingest(
         library = CeleryLibrary(load_settings(mode="scale-out", redis_url=redis_url, data_dir=data_dir, **settings))
         started = time.time()
         job_id = library.start(str(source))
-        # Timed by the job board itself: from this call to the last look's mark (its updated_at),
-        # so the polling can be slow. It ran on a core the two workers need.
+        # Timed by the job board itself, from this call to the last look's mark (its updated_at), so
+        # the polling can be slow: polling every 50 ms took CPU from the cores the workers need.
         progress = wait_for(library.jobs, job_id, poll_s=0.5)
         elapsed = (progress.updated_at or time.time()) - started
         if progress.done != len(files):
