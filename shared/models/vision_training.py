@@ -532,6 +532,31 @@ def evaluate_detection(data_dir: Path, split: Split, *, device: torch.device,
     return out
 
 
+def detector_seed_spread(data_dir: Path, seeds: Sequence[int], split: Split = "val", *, device: torch.device,
+                         cache_dir: Path = DEFAULT_CACHE_DIR, **train_kw: Any) -> dict[str, Any]:
+    """Trains the detector head once per seed with `train_detector`'s recipe (`train_kw` as its keyword
+    arguments) and scores each on `split` with `evaluate_detection`: how far training noise alone
+    moves the hit rates, to tell a real change of recipe from a lucky seed. Writes no artifact.
+
+    Each head is scored as it would be shipped (float16 weights, see detector.head_state).
+    """
+    from shared.models.backbone import shared_backbone
+
+    runs = []
+    for seed in seeds:
+        state, _, _ = train_detector(data_dir, device=device, seed=seed, cache_dir=cache_dir, **train_kw)
+        detector = detector_mod.GarmentDetector(detector_mod.head_from_state(state), shared_backbone(), f"seed-{seed}")
+        metrics = evaluate_detection(data_dir, split, device=device, detector=detector, cache_dir=cache_dir)
+        runs.append({"seed": seed, **{f"{kind}_{m}": metrics[kind].get(m) for kind in ("top", "bottom")
+                                      for m in ("hit_rate", "mean_iou")}})
+    summary = {}
+    for key in [k for k in runs[0] if k != "seed"] if runs else []:
+        values = [r[key] for r in runs if r[key] is not None]
+        if values:
+            summary[key] = {"mean": float(np.mean(values)), "min": float(min(values)), "max": float(max(values))}
+    return {"split": split, "seeds": list(seeds), "recipe": train_kw, "runs": runs, "summary": summary}
+
+
 def evaluate_query_detection(data_dir: Path, split: Split, *, detector: detector_mod.GarmentDetector | None,
                              batch_size: int = 32) -> dict[str, Any]:
     """The box a TOP (BOTTOM) query photo is embedded from: hit rate at IoU >= 0.5 and mean IoU

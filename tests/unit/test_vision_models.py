@@ -233,7 +233,7 @@ def test_vision_commands_have_help() -> None:
 
     runner = CliRunner()
     for args in (["train", "detector"], ["train", "category"], ["train", "embedding"], ["eval", "vision"],
-                 ["bench", "vision"]):
+                 ["eval", "detector-seeds"], ["bench", "vision"]):
         result = runner.invoke(main, [*args, "--help"])
         assert result.exit_code == 0, result.output
         assert "--data" in result.output
