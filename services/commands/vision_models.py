@@ -356,10 +356,13 @@ def eval_detector_seeds_cmd(
     from shared.models.vision_training import detector_seed_spread
 
     dev = _setup(data_dir, threads, device)
-    report = detector_seed_spread(
-        data_dir, seeds, cast(Split, split), device=dev, look_views=look_views, garment_views=garment_views,
-        tag_views=tag_views, photo_fraction=photo_fraction, epochs=epochs, edge_weight=edge_weight,
-    )
+    try:
+        report = detector_seed_spread(
+            data_dir, seeds, cast(Split, split), device=dev, look_views=look_views, garment_views=garment_views,
+            tag_views=tag_views, photo_fraction=photo_fraction, epochs=epochs, edge_weight=edge_weight,
+        )
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from None
     click.echo(f"detector trained on {data_dir} (split train), scored on split {split}; recipe {report['recipe']}")
     click.echo(f"{'seed':>8}  top hit  top IoU  bottom hit  bottom IoU")
     for r in report["runs"]:

@@ -542,6 +542,11 @@ def detector_seed_spread(data_dir: Path, seeds: Sequence[int], split: Split = "v
     """
     from shared.models.backbone import shared_backbone
 
+    annotated = [lk for lk in load_looks(data_dir) if lk.boxes]
+    for needed in ("train", split):
+        if not pick_split(annotated, needed):  # type: ignore[arg-type]
+            raise ValueError(f"{data_dir} has no annotated looks (with boxes) in split {needed}: pass --data pointing "
+                             "at a folder laid out like ../shared/data, or another --split")
     runs = []
     for seed in seeds:
         state, _, _ = train_detector(data_dir, device=device, seed=seed, cache_dir=cache_dir, **train_kw)

@@ -56,3 +56,9 @@ def test_detector_seeds_trains_once_per_seed_reproducibly_and_writes_no_artifact
 def test_detector_seeds_rejects_a_bad_seed_list_before_training(tmp_path: Path) -> None:
     result = CliRunner().invoke(main, ["eval", "detector-seeds", "--seeds", "one,two", "--data", str(tmp_path)])
     assert result.exit_code == 2 and "comma-separated list of integers" in result.output
+
+
+def test_detector_seeds_says_what_to_pass_when_a_split_has_no_annotated_looks(team_data: Path, tmp_path: Path) -> None:
+    data = _mini_looks(team_data, tmp_path / "data", train=3, val=0)
+    result = CliRunner().invoke(main, ["eval", "detector-seeds", "--data", str(data), "--seeds", "1"])
+    assert result.exit_code == 1 and "no annotated looks (with boxes) in split val" in result.output
