@@ -377,6 +377,10 @@ def eval_detector_seeds_cmd(
         click.echo(f"wrote {json_path}")
 
 
+# How many garment labels the table shows per kind (most frequent first); --json has them all.
+LABELS_SHOWN = 8
+
+
 def _fmt(v: Any) -> str:
     return "-" if v is None else f"{v:.3f}" if isinstance(v, float) else str(v)
 
@@ -399,6 +403,12 @@ def _print_report(report: dict[str, Any]) -> None:
         if "iou_histogram" in det[kind]:
             bins = ", ".join(f"{k}: {v}" for k, v in det[kind]["iou_histogram"].items())
             click.echo(f"  {kind} boxes by IoU with the truth: {bins}")
+        if "by_label" in det[kind]:
+            labels = list(det[kind]["by_label"].items())
+            groups = ", ".join(f"{name} {g['hits']}/{g['n']}" for name, g in labels[:LABELS_SHOWN])
+            more = len(labels) - LABELS_SHOWN
+            rest = f", and {more} rarer labels (all in --json)" if more > 0 else ""
+            click.echo(f"  {kind} hits by label: {groups}{rest}")
     query = report["query_detection"]
     click.echo(
         "\nquery photos of a top or bottom (loose: 5-35% background; tight: the box's crop)  "

@@ -9,7 +9,7 @@ import hashlib
 import io
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, TypeVar
 
@@ -37,6 +37,7 @@ PRODUCT_CATEGORIES: dict[str, Kind] = {
     "Tops": "top", "Outerwear": "top", "Bottoms": "bottom", "Dresses, jumpsuits and Complete set": "full_body",
 }
 _LOOK_KEYS: dict[str, Kind] = {"upper_box_xyxy": "top", "lower_box_xyxy": "bottom", "full_box_xyxy": "full_body"}
+_BOX_LABEL_KEYS: dict[Kind, str] = {"top": "upper_labels", "bottom": "lower_labels", "full_body": "full_labels"}
 # looks.json's `labels` lists: which tags name a top, a bottom or a full-body garment.
 _LABEL_LISTS: dict[str, Kind] = {"upper_labels": "top", "lower_labels": "bottom", "full_body_labels": "full_body"}
 
@@ -46,13 +47,16 @@ class LookRecord:
     """A street look with its annotated garment boxes (pixels); `boxes` is empty for tag-only looks.
 
     `worn` holds the kinds its labels name (a box look's box kinds; a tag-only look's from its tags),
-    so a tag-only look still teaches the detector which garments are present.
+    so a tag-only look still teaches the detector which garments are present. `labels` holds a box
+    look's garment labels per box kind (looks.json's upper_labels, lower_labels, full_labels: a
+    lower box made from a skirt's and leggings' masks is ("leggings", "skirt")).
     """
 
     id: str
     path: Path
     boxes: dict[Kind, BoxXYXY]
     worn: frozenset[Kind] = frozenset()
+    labels: dict[Kind, tuple[str, ...]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -92,7 +96,9 @@ def load_looks(data_dir: Path) -> list[LookRecord]:
                 x0, y0, x1, y1 = (float(v) for v in rec[key])
                 boxes[kind] = (x0, y0, x1, y1)
         worn = frozenset(boxes) | frozenset(tag_kinds[t] for t in rec.get("tags", []) if t in tag_kinds)
-        looks.append(LookRecord(id=str(look_id), path=data_dir / "looks" / rec["image"], boxes=boxes, worn=worn))
+        box_labels = {kind: tuple(sorted(str(v) for v in rec.get(_BOX_LABEL_KEYS[kind]) or ())) for kind in boxes}
+        looks.append(LookRecord(id=str(look_id), path=data_dir / "looks" / rec["image"], boxes=boxes, worn=worn,
+                                labels=box_labels))
     return looks
 
 

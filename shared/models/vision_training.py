@@ -479,14 +479,25 @@ def iou_histogram(ious: Sequence[float]) -> dict[str, int]:
     return {f"{lo:.1f}-{hi:.1f}": int(c) for lo, hi, c in zip(IOU_BIN_EDGES, IOU_BIN_EDGES[1:], counts, strict=False)}
 
 
+def hits_by_label(labels: Sequence[tuple[str, ...]], hits: Sequence[bool]) -> dict[str, dict[str, Any]]:
+    """Hit counts per garment label ("skirt", "leggings+skirt"; "unlabelled" where looks.json gives
+    none), most frequent first: tells which garments the misses come from."""
+    groups: dict[str, list[bool]] = {}
+    for names, hit in zip(labels, hits, strict=True):
+        groups.setdefault("+".join(names) or "unlabelled", []).append(bool(hit))
+    ordered = sorted(groups.items(), key=lambda kv: (-len(kv[1]), kv[0]))
+    return {name: {"n": len(v), "hits": sum(v), "hit_rate": sum(v) / len(v)} for name, v in ordered}
+
+
 def evaluate_detection(data_dir: Path, split: Split, *, device: torch.device,
                        detector: detector_mod.GarmentDetector | None, cache_dir: Path = DEFAULT_CACHE_DIR,
                        presence_threshold: float = 0.5) -> dict[str, Any]:
     """Hit rate at IoU >= 0.5 and mean IoU for top and bottom on the annotated looks, detector vs the rule.
 
     A hit needs the garment's presence at the threshold too. Beside it: how many of the garments
-    were missed on presence alone, and how often the detector claims a garment that an annotated
-    look does not show (its false-presence rate), which the hit rate alone would not punish.
+    were missed on presence alone, how often the detector claims a garment that an annotated look
+    does not show (its false-presence rate), which the hit rate alone would not punish, and the hits
+    per garment label (`hits_by_label`).
     """
     looks = pick_split([lk for lk in load_looks(data_dir) if lk.boxes], split)
     out: dict[str, Any] = {"looks": len(looks)}
@@ -502,6 +513,7 @@ def evaluate_detection(data_dir: Path, split: Split, *, device: torch.device,
                                                        float(p[k])) for k, kind in enumerate(DETECT_KINDS)])
     for kind in DETECT_KINDS:
         rule_ious, det_ious, det_hits, missed, false_present, absent = [], [], [], 0, 0, 0
+        det_labels: list[tuple[str, ...]] = []
         for i, lk in enumerate(looks):
             found = predictions[i][DETECT_KINDS.index(kind)] if predictions else None
             if kind not in lk.boxes:
@@ -518,6 +530,7 @@ def evaluate_detection(data_dir: Path, split: Split, *, device: torch.device,
                 value = iou(found.box, truth)
                 det_ious.append(value)
                 det_hits.append(value >= 0.5 and found.confidence >= presence_threshold)
+                det_labels.append(lk.labels.get(kind, ()))
                 missed += int(found.confidence < presence_threshold)
         entry: dict[str, Any] = {"n": len(det_ious) or len(rule_ious), "absent": absent}
         if rule_ious:
@@ -525,7 +538,7 @@ def evaluate_detection(data_dir: Path, split: Split, *, device: torch.device,
                          rule_mean_iou=float(np.mean(rule_ious)))
         if det_ious:
             entry.update(hit_rate=float(np.mean(det_hits)), mean_iou=float(np.mean(det_ious)), missed_presence=missed,
-                         iou_histogram=iou_histogram(det_ious))
+                         iou_histogram=iou_histogram(det_ious), by_label=hits_by_label(det_labels, det_hits))
         if predictions and absent:
             entry["false_presence_rate"] = false_present / absent
         out[kind] = entry

@@ -62,3 +62,23 @@ def test_detector_seeds_says_what_to_pass_when_a_split_has_no_annotated_looks(te
     data = _mini_looks(team_data, tmp_path / "data", train=3, val=0)
     result = CliRunner().invoke(main, ["eval", "detector-seeds", "--data", str(data), "--seeds", "1"])
     assert result.exit_code == 1 and "no annotated looks (with boxes) in split val" in result.output
+
+
+def test_eval_detection_counts_hits_per_garment_label_of_the_shipped_detector(team_data: Path, tmp_path: Path) -> None:
+    import torch
+
+    from shared.models.detector import load_detector
+    from shared.models.vision_data import load_looks, pick_split
+    from shared.models.vision_training import evaluate_detection
+
+    data = _mini_looks(team_data, tmp_path / "data", train=0, val=6)
+    models = ARTIFACT.parent.parent
+    report = evaluate_detection(data, "val", device=torch.device("cpu"), detector=load_detector(models),
+                                cache_dir=tmp_path / "cache")
+    looks = pick_split(load_looks(data), "val")
+    for kind in ("top", "bottom"):
+        entry = report[kind]
+        groups = entry["by_label"]
+        assert sum(g["n"] for g in groups.values()) == entry["n"] == 6
+        assert sum(g["hits"] for g in groups.values()) == round(entry["hit_rate"] * entry["n"])
+        assert set(groups) == {"+".join(lk.labels[kind]) for lk in looks}

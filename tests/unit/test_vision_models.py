@@ -318,3 +318,37 @@ def test_iou_histogram_puts_each_detection_in_one_bin_and_tells_near_misses_from
     assert bins["0.0-0.1"] == 2 and bins["0.4-0.5"] == 2 and bins["0.5-0.6"] == 1
     assert bins["0.9-1.0"] == 2  # a perfect box is in the last bin
     assert list(bins) == [f"{i / 10:.1f}-{(i + 1) / 10:.1f}" for i in range(10)]
+
+
+def test_hits_by_label_groups_hits_per_garment_label_most_frequent_first() -> None:
+    from shared.models.vision_training import hits_by_label
+
+    labels = [("pants",), ("skirt",), ("pants",), ("leggings", "skirt"), (), ("skirt",), ("pants",)]
+    hits = [True, False, True, True, False, True, False]
+    groups = hits_by_label(labels, hits)
+    assert list(groups) == ["pants", "skirt", "leggings+skirt", "unlabelled"]
+    assert groups["pants"] == {"n": 3, "hits": 2, "hit_rate": pytest.approx(2 / 3)}
+    assert groups["skirt"]["hits"] == 1 and groups["unlabelled"] == {"n": 1, "hits": 0, "hit_rate": 0.0}
+    assert sum(g["n"] for g in groups.values()) == len(labels)
+    with pytest.raises(ValueError):
+        hits_by_label(labels, hits[:-1])
+
+
+def test_load_looks_keeps_each_box_kinds_garment_labels(tmp_path: Path) -> None:
+    import json
+
+    from shared.models.vision_data import load_looks
+
+    (tmp_path / "looks").mkdir()
+    document = {"looks": {
+        "1": {"image": "images/1.jpg", "annotation": "boxes", "upper_box_xyxy": [1, 1, 9, 5],
+              "upper_labels": ["shirt", "blazer"], "lower_box_xyxy": [1, 5, 9, 9],
+              "lower_labels": ["skirt", "leggings"]},
+        "2": {"image": "images/2.jpg", "annotation": "boxes", "full_box_xyxy": [1, 1, 9, 9]},
+        "3": {"image": "images/3.jpg", "annotation": "tags", "tags": ["skirt"]},
+    }}
+    (tmp_path / "looks" / "looks.json").write_text(json.dumps(document))
+    looks = {lk.id: lk for lk in load_looks(tmp_path)}
+    assert looks["1"].labels == {"top": ("blazer", "shirt"), "bottom": ("leggings", "skirt")}
+    assert looks["2"].labels == {"full_body": ()}  # a box without labels
+    assert looks["3"].labels == {}  # tag-only: no boxes, so no box labels
