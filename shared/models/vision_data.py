@@ -36,8 +36,11 @@ GARMENT_LABELS: dict[str, Kind] = {
 PRODUCT_CATEGORIES: dict[str, Kind] = {
     "Tops": "top", "Outerwear": "top", "Bottoms": "bottom", "Dresses, jumpsuits and Complete set": "full_body",
 }
-_LOOK_KEYS: dict[str, Kind] = {"upper_box_xyxy": "top", "lower_box_xyxy": "bottom", "full_box_xyxy": "full_body"}
-_BOX_LABEL_KEYS: dict[Kind, str] = {"top": "upper_labels", "bottom": "lower_labels", "full_body": "full_labels"}
+# looks.json's box fields: the kind each names, and the field that lists that box's garment labels.
+_LOOK_KEYS: dict[str, tuple[Kind, str]] = {
+    "upper_box_xyxy": ("top", "upper_labels"), "lower_box_xyxy": ("bottom", "lower_labels"),
+    "full_box_xyxy": ("full_body", "full_labels"),
+}
 # looks.json's `labels` lists: which tags name a top, a bottom or a full-body garment.
 _LABEL_LISTS: dict[str, Kind] = {"upper_labels": "top", "lower_labels": "bottom", "full_body_labels": "full_body"}
 
@@ -91,12 +94,13 @@ def load_looks(data_dir: Path) -> list[LookRecord]:
     looks = []
     for look_id, rec in sorted(document["looks"].items()):
         boxes: dict[Kind, BoxXYXY] = {}
-        for key, kind in _LOOK_KEYS.items():
+        box_labels: dict[Kind, tuple[str, ...]] = {}
+        for key, (kind, labels_key) in _LOOK_KEYS.items():
             if rec.get(key):
                 x0, y0, x1, y1 = (float(v) for v in rec[key])
                 boxes[kind] = (x0, y0, x1, y1)
+                box_labels[kind] = tuple(sorted(str(v) for v in rec.get(labels_key) or ()))
         worn = frozenset(boxes) | frozenset(tag_kinds[t] for t in rec.get("tags", []) if t in tag_kinds)
-        box_labels = {kind: tuple(sorted(str(v) for v in rec.get(_BOX_LABEL_KEYS[kind]) or ())) for kind in boxes}
         looks.append(LookRecord(id=str(look_id), path=data_dir / "looks" / rec["image"], boxes=boxes, worn=worn,
                                 labels=box_labels))
     return looks
