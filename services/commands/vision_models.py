@@ -409,6 +409,12 @@ def _print_report(report: dict[str, Any]) -> None:
             more = len(labels) - LABELS_SHOWN
             rest = f", and {more} rarer labels (all in --json)" if more > 0 else ""
             click.echo(f"  {kind} hits by label: {groups}{rest}")
+        if "edges" in det[kind]:
+            edges = det[kind]["edges"]
+            fixed = ", ".join(f"{name} {n}" for name, n in edges["fixed_by_true_edge"].items())
+            errors = ", ".join(f"{name} {v:.3f}" for name, v in edges["mean_abs_error"].items())
+            click.echo(f"  {kind} misses (IoU < 0.5: {edges['misses']}) that the true edge alone would make hits: "
+                       f"{fixed}; mean edge error (fraction of the photo): {errors}")
     query = report["query_detection"]
     click.echo(
         "\nquery photos of a top or bottom (loose: 5-35% background; tight: the box's crop)  "

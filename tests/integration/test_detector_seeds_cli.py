@@ -64,7 +64,9 @@ def test_detector_seeds_says_what_to_pass_when_a_split_has_no_annotated_looks(te
     assert result.exit_code == 1 and "no annotated looks (with boxes) in split val" in result.output
 
 
-def test_eval_detection_counts_hits_per_garment_label_of_the_shipped_detector(team_data: Path, tmp_path: Path) -> None:
+def test_eval_detection_counts_hits_per_garment_label_and_misses_per_edge_of_the_shipped_detector(
+    team_data: Path, tmp_path: Path
+) -> None:
     import torch
 
     from shared.models.detector import load_detector
@@ -82,3 +84,7 @@ def test_eval_detection_counts_hits_per_garment_label_of_the_shipped_detector(te
         assert sum(g["n"] for g in groups.values()) == entry["n"] == 6
         assert sum(g["hits"] for g in groups.values()) == round(entry["hit_rate"] * entry["n"])
         assert set(groups) == {"+".join(lk.labels[kind]) for lk in looks}
+        edges = entry["edges"]
+        below_half = sum(n for bin_, n in entry["iou_histogram"].items() if float(bin_.split("-")[1]) <= 0.5)
+        assert edges["misses"] == below_half
+        assert all(0 <= n <= edges["misses"] for n in edges["fixed_by_true_edge"].values())

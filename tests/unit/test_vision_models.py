@@ -320,6 +320,20 @@ def test_iou_histogram_puts_each_detection_in_one_bin_and_tells_near_misses_from
     assert list(bins) == [f"{i / 10:.1f}-{(i + 1) / 10:.1f}" for i in range(10)]
 
 
+def test_edge_diagnosis_names_the_edge_that_alone_would_turn_a_miss_into_a_hit() -> None:
+    from shared.models.vision_training import edge_diagnosis
+
+    truth = (0.0, 0.0, 100.0, 100.0)
+    found = [truth,
+             (0.0, 0.0, 100.0, 250.0),  # runs on down: IoU 0.4, the true bottom edge makes it a hit
+             (60.0, 0.0, 160.0, 100.0)]  # shifted right: IoU 0.25, only the true left edge gets it to 0.625
+    report = edge_diagnosis(found, [truth] * 3, [(200.0, 200.0)] * 3)
+    assert report["misses"] == 2
+    assert report["fixed_by_true_edge"] == {"left": 1, "top": 0, "right": 0, "bottom": 1}
+    assert report["mean_error"] == pytest.approx({"left": 0.1, "top": 0.0, "right": 0.1, "bottom": 0.25})
+    assert report["mean_abs_error"] == pytest.approx(report["mean_error"])
+
+
 def test_hits_by_label_groups_hits_per_garment_label_most_frequent_first() -> None:
     from shared.models.vision_training import hits_by_label
 
