@@ -436,6 +436,12 @@ def _print_report(report: dict[str, Any]) -> None:
         click.echo("  truth \\ pred " + "".join(f"{k:>11}" for k in cat["kinds"]))
         for k, row in zip(cat["kinds"], cat["confusion"], strict=True):
             click.echo(f"  {k:<12} " + "".join(f"{v:>11}" for v in row))
+    elif not cat["photos"]:
+        click.echo(f"\ncategory: not scored, {report['data']} has no single-garment photos in split {report['split']} "
+                   "(garments/garments.csv, outfits/products.csv): pass --data pointing at a folder laid out like "
+                   "../shared/data")
+    else:
+        click.echo("\ncategory: not scored, no category artifact: run `lookbook train category --data ../shared/data`")
     ret = report["retrieval"]
     click.echo(f"\nretrieval of perturbed crops against {ret['library_looks']} looks   recall@1  recall@10  dim")
     for kind in ("top", "bottom"):

@@ -88,3 +88,17 @@ def test_eval_detection_counts_hits_per_garment_label_and_misses_per_edge_of_the
         below_half = sum(n for bin_, n in entry["iou_histogram"].items() if float(bin_.split("-")[1]) <= 0.5)
         assert edges["misses"] == below_half
         assert all(0 <= n <= edges["misses"] for n in edges["fixed_by_true_edge"].values())
+
+
+def test_eval_vision_on_a_folder_of_looks_alone_scores_them_and_says_why_category_is_not_scored(
+    team_data: Path, tmp_path: Path
+) -> None:
+    data = _mini_looks(team_data, tmp_path / "data", train=0, val=3)
+    out = tmp_path / "vision.json"
+    result = CliRunner().invoke(main, ["eval", "vision", "--data", str(data), "--split", "val", "--json", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "category: not scored" in result.output and "garments/garments.csv" in result.output
+    assert "bottom misses (IoU < 0.5" in result.output
+    report = json.loads(out.read_text())
+    assert report["detection"]["looks"] == 3 and report["category"]["photos"] == 0
+    assert report["retrieval"]["library_looks"] == 3
