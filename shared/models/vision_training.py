@@ -528,15 +528,15 @@ def evaluate_detection(data_dir: Path, split: Split, *, device: torch.device,
     looks = pick_split([lk for lk in load_looks(data_dir) if lk.boxes], split)
     out: dict[str, Any] = {"looks": len(looks)}
     predictions: list[list[detector_mod.Detection]] = []
-    photo_sizes: list[tuple[float, float]] = []
+    photo_sizes = []
+    for lk in looks:
+        with Image.open(lk.path) as im:
+            photo_sizes.append((float(im.width), float(im.height)))
     if detector is not None:
         jobs = [DetectJob(lk.path, lk.boxes, 0, f"look:{lk.id}") for lk in looks]
         s16, s32, _ = detect_features(jobs, device=device, cache_dir=cache_dir)
         presence, boxes = detector.predict(torch.from_numpy(s16), torch.from_numpy(s32))
-        for lk, p, b in zip(looks, presence, boxes, strict=True):
-            with Image.open(lk.path) as im:
-                w, h = im.size
-            photo_sizes.append((float(w), float(h)))
+        for (w, h), p, b in zip(photo_sizes, presence, boxes, strict=True):
             predictions.append([detector_mod.Detection(kind, (b[k, 0] * w, b[k, 1] * h, b[k, 2] * w, b[k, 3] * h),
                                                        float(p[k])) for k, kind in enumerate(DETECT_KINDS)])
     for kind in DETECT_KINDS:
@@ -551,8 +551,7 @@ def evaluate_detection(data_dir: Path, split: Split, *, device: torch.device,
                 continue
             truth = lk.boxes[kind]
             if kind in LOOK_RULE:
-                with Image.open(lk.path) as im:
-                    w, h = im.size
+                w, h = photo_sizes[i]
                 fx0, fy0, fx1, fy1 = LOOK_RULE[kind]
                 rule_ious.append(iou((fx0 * w, fy0 * h, fx1 * w, fy1 * h), truth))
             if found is not None:
